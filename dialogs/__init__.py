@@ -1,0 +1,1 @@
+"""dialogs: stores and lists private messages, one single-shard query per request."""

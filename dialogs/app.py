@@ -1,0 +1,130 @@
+"""The dialogs HTTP service: an app factory wiring routes, the pool and the plumbing."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import uuid
+
+import asyncpg
+from sanic import HTTPResponse, Request, Sanic
+
+from dialogs import cursor, payloads
+from dialogs.config import Settings
+from dialogs.store import MessageStore
+from servicekit import http, metrics
+from servicekit.http import ApiError, json_response
+from servicekit.logs import log_config
+
+log = logging.getLogger("dialogs")
+
+INTERNAL_TOKEN_HEADER = "X-Internal-Token"
+
+# SQLSTATE classes that mean "the database cannot serve right now", not "bad request":
+# 08 connection exception, 53 insufficient resources, 57 operator intervention (includes
+# statement timeout and shutdown), 58 system error.
+_UNAVAILABLE_CLASSES = ("08", "53", "57", "58")
+
+
+def create_app(settings: Settings) -> Sanic:
+    app = Sanic("dialogs", log_config=log_config(settings.log_level))
+    app.config.REQUEST_MAX_SIZE = settings.max_body_bytes
+    app.config.GRACEFUL_SHUTDOWN_TIMEOUT = 10.0
+    app.config.NOISY_EXCEPTIONS = False
+    app.ctx.settings = settings
+    http.install(app)
+    metrics.install(app, "dialogs")
+    _install_database(app, settings)
+    _install_routes(app, settings)
+    return app
+
+
+async def uuids_as_text(conn: asyncpg.Connection) -> None:
+    # Rows go straight into JSON: strings serialise without a Python call per value.
+    await conn.set_type_codec("uuid", schema="pg_catalog", encoder=str, decoder=str, format="text")
+
+
+def _install_database(app: Sanic, settings: Settings) -> None:
+    @app.before_server_start
+    async def open_pool(app: Sanic) -> None:
+        # min_size=0: the service starts (and reports not ready) while the database is down.
+        pool = await asyncpg.create_pool(
+            settings.database_url,
+            min_size=0,
+            max_size=settings.pool_max_size,
+            timeout=settings.connect_timeout_s,
+            command_timeout=settings.statement_timeout_ms / 1000 + 1,
+            server_settings={
+                "application_name": "dialogs",
+                "statement_timeout": str(settings.statement_timeout_ms),
+            },
+            init=uuids_as_text,
+        )
+        app.ctx.store = MessageStore(pool)
+        app.ctx.pool = pool
+
+    @app.after_server_stop
+    async def close_pool(app: Sanic) -> None:
+        await app.ctx.pool.close()
+
+    def unavailable(error: BaseException) -> ApiError:
+        log.warning("database unavailable: %s", error)
+        return ApiError(
+            503,
+            "the message store is unavailable, try again later",
+            "db_unavailable",
+            retry_after=settings.retry_after_s,
+        )
+
+    @app.exception(OSError, TimeoutError, asyncpg.InterfaceError)
+    async def on_connection_error(request: Request, error: Exception) -> HTTPResponse:
+        return http.error_response(request, unavailable(error))
+
+    @app.exception(asyncpg.PostgresError)
+    async def on_database_error(request: Request, error: asyncpg.PostgresError) -> HTTPResponse:
+        sqlstate = getattr(error, "sqlstate", "") or ""
+        if sqlstate.startswith(_UNAVAILABLE_CLASSES):
+            return http.error_response(request, unavailable(error))
+        log.error("database error %s", sqlstate, exc_info=error)
+        return http.error_response(request, ApiError(500, "internal error", "db_error"))
+
+
+def _install_routes(app: Sanic, settings: Settings) -> None:
+    expected_token = settings.internal_token.encode()
+
+    @app.middleware("request", priority=80)
+    async def require_internal_token(request: Request) -> None:
+        if not request.path.startswith("/internal/"):
+            return
+        given = request.headers.get(INTERNAL_TOKEN_HEADER, "").encode()
+        if not hmac.compare_digest(given, expected_token):
+            raise ApiError(401, "missing or wrong internal credential", "unauthorized")
+
+    @app.post("/internal/v1/messages/send", name="send")
+    async def send(request: Request) -> HTTPResponse:
+        body = payloads.parse_send(request.body, settings.max_text_length)
+        message, replayed = await request.app.ctx.store.send(
+            body.sender, body.recipient, body.text, body.client_message_id
+        )
+        headers = {"Idempotent-Replayed": "true"} if replayed else None
+        return json_response(message.to_json(), headers=headers)
+
+    @app.post("/internal/v1/messages/list", name="list")
+    async def list_messages(request: Request) -> HTTPResponse:
+        body = payloads.parse_list(request.body)
+        # One row more than asked tells whether another page exists.
+        messages = await request.app.ctx.store.list(
+            body.user, body.peer, body.limit + 1, body.before
+        )
+        page = messages[: body.limit]
+        next_cursor = cursor.encode(uuid.UUID(page[-1].id)) if len(messages) > body.limit else None
+        return json_response({"messages": [m.to_json() for m in page], "next_cursor": next_cursor})
+
+    @app.get("/healthz", name="healthz")
+    async def healthz(request: Request) -> HTTPResponse:
+        return json_response({"status": "ok"})
+
+    @app.get("/readyz", name="readyz")
+    async def readyz(request: Request) -> HTTPResponse:
+        await request.app.ctx.store.ready()
+        return json_response({"status": "ready"})

@@ -1,0 +1,95 @@
+"""Message storage: the only module that talks to the database at request time."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from dialogs import sql
+from dialogs.ids import dialog_key, uuid7
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    # Ids as canonical strings, the way the pool's codec returns them.
+    id: str
+    dialog_id: str
+    sender: str
+    recipient: str
+    text: str
+    created_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "dialog_id": self.dialog_id,
+            "from": self.sender,
+            "to": self.recipient,
+            "text": self.text,
+            "created_at": self.created_at,
+        }
+
+
+class MessageStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def send(
+        self, sender: uuid.UUID, recipient: uuid.UUID, text: str, client_message_id: str | None
+    ) -> tuple[StoredMessage, bool]:
+        """Store a message; returns it and whether it was already stored by an earlier try."""
+        dialog_id, user_id1, user_id2 = map(str, dialog_key(sender, recipient))
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                sql.SEND,
+                dialog_id,
+                user_id1,
+                user_id2,
+                str(uuid7()),
+                str(sender),
+                text,
+                client_message_id,
+            )
+            replayed = row is None
+            if row is None:
+                # Same client id seen before: answer with what the first attempt stored.
+                row = await conn.fetchrow(
+                    sql.FIND_BY_CLIENT_ID, dialog_id, str(sender), client_message_id
+                )
+        if row is None:  # pragma: no cover - the unique key guarantees a row
+            raise RuntimeError("idempotent send found no stored message")
+        message = StoredMessage(
+            row["id"], dialog_id, str(sender), str(recipient), row["content"], row["created_at"]
+        )
+        return message, replayed
+
+    async def list(
+        self, user: uuid.UUID, peer: uuid.UUID, limit: int, before: uuid.UUID | None
+    ) -> list[StoredMessage]:
+        """The dialog's messages, newest first, older than ``before`` when given."""
+        dialog_id = str(dialog_key(user, peer)[0])
+        async with self._pool.acquire() as conn:
+            if before is None:
+                rows = await conn.fetch(sql.LIST_FIRST_PAGE, dialog_id, limit)
+            else:
+                rows = await conn.fetch(sql.LIST_NEXT_PAGE, dialog_id, str(before), limit)
+        user_text, peer_text = str(user), str(peer)
+        return [
+            StoredMessage(
+                row["id"],
+                dialog_id,
+                row["user_id"],
+                peer_text if row["user_id"] == user_text else user_text,
+                row["content"],
+                row["created_at"],
+            )
+            for row in rows
+        ]
+
+    async def ready(self) -> None:
+        async with self._pool.acquire() as conn:
+            await conn.fetchval(sql.READY)
