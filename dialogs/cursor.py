@@ -26,6 +26,8 @@ def decode(cursor: str) -> uuid.UUID:
         raw = base64.urlsafe_b64decode(cursor + "==")
     except (binascii.Error, ValueError):
         raise InvalidCursor("cursor is malformed") from None
+    if len(raw) != 16:  # the decoder silently drops characters outside the alphabet
+        raise InvalidCursor("cursor is malformed")
     value = uuid.UUID(bytes=raw)
     if value.version != 7 or encode(value) != cursor:
         raise InvalidCursor("cursor is malformed")

@@ -4,19 +4,23 @@ Each one filters on the distribution column (``dialogs.id`` / ``dialog_messages.
 with one value, so Citus routes it to exactly one shard (``EXPLAIN`` shows ``Task Count: 1``).
 """
 
-# Creates the dialog row on its first message and stores the message, in one statement:
-# both tables are co-located, so this is a single-shard transaction.
-# $1 dialog_id, $2 user_id1, $3 user_id2, $4 message id, $5 sender, $6 text, $7 client id
+# Stores a message. Its dialog row must exist (foreign key): see CREATE_DIALOG.
+# $1 dialog_id, $2 message id, $3 sender, $4 text, $5 client id
 SEND = """
-WITH new_dialog AS (
-    INSERT INTO dialogs (id, user_id1, user_id2)
-    VALUES ($1, $2, $3)
-    ON CONFLICT (id) DO NOTHING
-)
 INSERT INTO dialog_messages (dialog_id, id, user_id, content, client_message_id)
-VALUES ($1, $4, $5, $6, $7)
+VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT (dialog_id, user_id, client_message_id) DO NOTHING
 RETURNING id, content, created_at
+"""
+
+# Run (with SEND, in one transaction) only when SEND found no dialog row: a dialog's first
+# message. Every later send is then one statement. The tables are co-located, so the
+# transaction stays on one shard group.
+# $1 dialog_id, $2 user_id1, $3 user_id2
+CREATE_DIALOG = """
+INSERT INTO dialogs (id, user_id1, user_id2)
+VALUES ($1, $2, $3)
+ON CONFLICT (id) DO NOTHING
 """
 
 # A retried send: the message stored by the first attempt.

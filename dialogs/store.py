@@ -43,17 +43,15 @@ class MessageStore:
     ) -> tuple[StoredMessage, bool]:
         """Store a message; returns it and whether it was already stored by an earlier try."""
         dialog_id, user_id1, user_id2 = map(str, dialog_key(sender, recipient))
+        args = (dialog_id, str(uuid7()), str(sender), text, client_message_id)
         async with self._pool.acquire() as conn:
-            row = await conn.fetchrow(
-                sql.SEND,
-                dialog_id,
-                user_id1,
-                user_id2,
-                str(uuid7()),
-                str(sender),
-                text,
-                client_message_id,
-            )
+            try:
+                row = await conn.fetchrow(sql.SEND, *args)
+            except asyncpg.ForeignKeyViolationError:
+                # The dialog's first message: create the dialog with it, atomically.
+                async with conn.transaction():
+                    await conn.execute(sql.CREATE_DIALOG, dialog_id, user_id1, user_id2)
+                    row = await conn.fetchrow(sql.SEND, *args)
             replayed = row is None
             if row is None:
                 # Same client id seen before: answer with what the first attempt stored.

@@ -82,6 +82,16 @@ def install(app: Sanic, *, unexpected_code: str = "internal_error") -> None:
     @app.middleware("response", priority=100)
     async def echo_request_id(request: Request, response: BaseHTTPResponse) -> None:
         response.headers[REQUEST_ID_HEADER] = request_id(request)
+        if app.ctx.draining:
+            # Shutting down: answer, then close, so keep-alive clients (the gateway's pool)
+            # reconnect elsewhere instead of being cut off when the grace period ends.
+            request.stream.keep_alive = False  # type: ignore[union-attr]
+
+    app.ctx.draining = False
+
+    @app.before_server_stop
+    async def start_draining(app: Sanic) -> None:
+        app.ctx.draining = True
 
     @app.exception(ApiError)
     async def on_api_error(request: Request, error: ApiError) -> HTTPResponse:

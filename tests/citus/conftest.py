@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.citus import DATABASE, CitusCluster
+from tests.support.dialogs_client import DialogsClient
+from tests.support.processes import ServiceProcess, dialogs_process, migrate
+
+SERVICE_ROLE = "dialogs_svc"
+
+
+@pytest.fixture(scope="session")
+def migrated_cluster(citus_cluster: CitusCluster) -> CitusCluster:
+    migrate(citus_cluster.dsn)
+    # The service runs as its own role, so its statements can be told apart in
+    # pg_stat_statements. Citus propagates the role and the grants to the workers.
+    citus_cluster.sql(f"CREATE ROLE {SERVICE_ROLE} LOGIN")
+    citus_cluster.sql(f"GRANT SELECT, INSERT ON dialogs, dialog_messages TO {SERVICE_ROLE}")
+    return citus_cluster
+
+
+@pytest.fixture(scope="session")
+def citus_service(migrated_cluster: CitusCluster) -> Iterator[ServiceProcess]:
+    url = migrated_cluster.coordinator.dsn_for(DATABASE, user=SERVICE_ROLE)
+    service = dialogs_process(url).start()
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def client(citus_service: ServiceProcess) -> Iterator[DialogsClient]:
+    api = DialogsClient(citus_service.url)
+    yield api
+    api.close()

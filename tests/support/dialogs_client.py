@@ -1,0 +1,49 @@
+"""A small client for the dialogs internal API, used by the pg and citus tiers."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+
+from tests.support.processes import INTERNAL_TOKEN
+
+
+class DialogsClient:
+    def __init__(self, base_url: str, token: str = INTERNAL_TOKEN) -> None:
+        self.http = httpx.Client(base_url=base_url, headers={"X-Internal-Token": token}, timeout=10)
+
+    def send(
+        self, sender: str, recipient: str, text: str, client_message_id: str | None = None
+    ) -> httpx.Response:
+        body: dict[str, Any] = {"from": sender, "to": recipient, "text": text}
+        if client_message_id is not None:
+            body["client_message_id"] = client_message_id
+        return self.http.post("/internal/v1/messages/send", json=body)
+
+    def list(self, user: str, peer: str, **page: Any) -> httpx.Response:
+        return self.http.post(
+            "/internal/v1/messages/list", json={"user_id": user, "peer_id": peer} | page
+        )
+
+    def all_messages(self, user: str, peer: str, limit: int = 100) -> list[dict[str, Any]]:
+        """Every message of the dialog, following cursors to the end."""
+        messages: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            page = {"limit": limit} | ({"cursor": cursor} if cursor else {})
+            response = self.list(user, peer, **page)
+            response.raise_for_status()
+            body = response.json()
+            messages.extend(body["messages"])
+            cursor = body["next_cursor"]
+            if cursor is None:
+                return messages
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def new_user() -> str:
+    return str(uuid.uuid4())
