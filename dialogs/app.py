@@ -7,7 +7,9 @@ import logging
 import uuid
 
 import asyncpg
+import orjson
 from sanic import HTTPResponse, Request, Sanic
+from sanic.response import raw
 
 from dialogs import cursor, payloads
 from dialogs.config import Settings
@@ -57,6 +59,7 @@ def _install_database(app: Sanic, settings: Settings) -> None:
             server_settings={
                 "application_name": "dialogs",
                 "statement_timeout": str(settings.statement_timeout_ms),
+                "timezone": "UTC",  # timestamps in the JSON the database builds
             },
             init=uuids_as_text,
         )
@@ -112,13 +115,14 @@ def _install_routes(app: Sanic, settings: Settings) -> None:
     @app.post("/internal/v1/messages/list", name="list")
     async def list_messages(request: Request) -> HTTPResponse:
         body = payloads.parse_list(request.body)
-        # One row more than asked tells whether another page exists.
-        messages = await request.app.ctx.store.list(
-            body.user, body.peer, body.limit + 1, body.before
+        page = await request.app.ctx.store.page(body.user, body.peer, body.limit, body.before)
+        next_cursor = cursor.encode(uuid.UUID(page.last_id)) if page.last_id else None
+        # The page arrives as JSON text from the database: wrap it, don't re-encode it.
+        payload = b'{"messages":%s,"next_cursor":%s}' % (
+            page.messages_json.encode(),
+            orjson.dumps(next_cursor),
         )
-        page = messages[: body.limit]
-        next_cursor = cursor.encode(uuid.UUID(page[-1].id)) if len(messages) > body.limit else None
-        return json_response({"messages": [m.to_json() for m in page], "next_cursor": next_cursor})
+        return raw(payload, content_type="application/json")
 
     @app.get("/healthz", name="healthz")
     async def healthz(request: Request) -> HTTPResponse:

@@ -34,6 +34,12 @@ class StoredMessage:
         }
 
 
+@dataclass(frozen=True)
+class Page:
+    messages_json: str  # a JSON array of messages, as built by the database
+    last_id: str | None  # id of the page's oldest message, when older ones exist
+
+
 class MessageStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -65,28 +71,19 @@ class MessageStore:
         )
         return message, replayed
 
-    async def list(
-        self, user: uuid.UUID, peer: uuid.UUID, limit: int, before: uuid.UUID | None
-    ) -> list[StoredMessage]:
+    async def page(
+        self, reader: uuid.UUID, peer: uuid.UUID, limit: int, before: uuid.UUID | None
+    ) -> Page:
         """The dialog's messages, newest first, older than ``before`` when given."""
-        dialog_id = str(dialog_key(user, peer)[0])
+        dialog_id = str(dialog_key(reader, peer)[0])
+        args = (dialog_id, str(reader), str(peer), limit)
         async with self._pool.acquire() as conn:
             if before is None:
-                rows = await conn.fetch(sql.LIST_FIRST_PAGE, dialog_id, limit)
+                row = await conn.fetchrow(sql.LIST_FIRST_PAGE, *args)
             else:
-                rows = await conn.fetch(sql.LIST_NEXT_PAGE, dialog_id, str(before), limit)
-        user_text, peer_text = str(user), str(peer)
-        return [
-            StoredMessage(
-                row["id"],
-                dialog_id,
-                row["user_id"],
-                peer_text if row["user_id"] == user_text else user_text,
-                row["content"],
-                row["created_at"],
-            )
-            for row in rows
-        ]
+                row = await conn.fetchrow(sql.LIST_NEXT_PAGE, *args, str(before))
+        assert row is not None  # an aggregate always returns one row
+        return Page(row["messages"], row["last_id"])
 
     async def ready(self) -> None:
         async with self._pool.acquire() as conn:

@@ -14,9 +14,10 @@ SERVICE_ROLE = "dialogs_svc"
 @pytest.fixture(scope="session")
 def migrated_cluster(citus_cluster: CitusCluster) -> CitusCluster:
     migrate(citus_cluster.dsn)
-    # The service runs as its own role, so its statements can be told apart in
-    # pg_stat_statements. Citus propagates the role and the grants to the workers.
+    # The service runs as its own role, whose every statement the coordinator logs (the
+    # single-shard test reads them back). Citus propagates the role and grants to workers.
     citus_cluster.sql(f"CREATE ROLE {SERVICE_ROLE} LOGIN")
+    citus_cluster.sql(f"ALTER ROLE {SERVICE_ROLE} SET log_statement = 'all'")
     citus_cluster.sql(f"GRANT SELECT, INSERT ON dialogs, dialog_messages TO {SERVICE_ROLE}")
     return citus_cluster
 

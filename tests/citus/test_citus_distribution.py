@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import re
-import uuid
 
 import asyncpg
 
 from dialogs import sql
-from dialogs.ids import dialog_key
-from tests.citus.conftest import SERVICE_ROLE
 from tests.support.citus import CitusCluster
 from tests.support.dialogs_client import DialogsClient, new_user
 
@@ -38,38 +35,36 @@ def test_migration_on_citus_is_idempotent(migrated_cluster: CitusCluster) -> Non
     assert "created: nothing; distributed: nothing" in output
 
 
-async def _explain_captured_statements(dsn: str) -> dict[str, str]:
-    """EXPLAIN every statement the service ran, as pg_stat_statements recorded it.
+_ENTRY_START = re.compile(r"\n(?=\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ \w+ \[\d+\] )")
+_EXECUTE = re.compile(r"LOG:  execute [^:]+: (.*)", re.S)
+_PARAMETERS = re.compile(r"DETAIL:  parameters: (.*)", re.S)
+_PARAMETER = re.compile(r"\$(\d+) = ('(?:[^']|'')*'|NULL)")
 
-    Each is prepared on the coordinator; its parameters get values of the inferred types
-    (one dialog id for every uuid), and EXPLAIN EXECUTE shows how Citus routes it.
-    """
+
+def captured_statements(server_log: str) -> list[tuple[str, list[str]]]:
+    """Each statement the service executed, with its parameters as SQL literals, taken
+    from the coordinator's log (``log_statement = all`` for the service's role)."""
+    statements: list[tuple[str, list[str]]] = []
+    for entry in _ENTRY_START.split(server_log):
+        if executed := _EXECUTE.search(entry):
+            statements.append((executed.group(1).strip(), []))
+        elif (parameters := _PARAMETERS.search(entry)) and statements:
+            values = sorted(_PARAMETER.findall(parameters.group(1)), key=lambda p: int(p[0]))
+            statements[-1] = (statements[-1][0], [value for _, value in values])
+    return statements
+
+
+async def explain(dsn: str, statements: list[tuple[str, list[str]]]) -> dict[str, str]:
+    """EXPLAIN each statement as the service ran it: prepared, then executed with its
+    logged parameter values, so Citus prunes shards exactly as it did for the service."""
     conn = await asyncpg.connect(dsn)
     try:
-        queries = [
-            row["query"]
-            for row in await conn.fetch(
-                "SELECT query FROM pg_stat_statements "
-                "WHERE userid = $1::regrole AND dbid = (SELECT oid FROM pg_database "
-                "WHERE datname = current_database())",
-                SERVICE_ROLE,
-            )
-        ]
-        dialog_id = str(dialog_key(uuid.uuid4(), uuid.uuid4())[0])
-        sample = {"uuid": dialog_id, "text": "x", "bigint": "5", "integer": "5"}
         plans: dict[str, str] = {}
-        for number, query in enumerate(queries):
-            if not re.match(r"\s*(SELECT|INSERT|UPDATE|DELETE|WITH)\b", query, re.I):
-                continue
+        for number, (query, values) in enumerate(statements):
             name = f"captured_{number}"
             await conn.execute(f"PREPARE {name} AS {query}")
-            types = await conn.fetchval(
-                "SELECT parameter_types::text[] FROM pg_prepared_statements WHERE name = $1",
-                name,
-            )
-            args = ", ".join(f"'{sample[t]}'::{t}" for t in types)
-            execute = f"EXECUTE {name}({args})" if args else f"EXECUTE {name}"
-            plan = await conn.fetch(f"EXPLAIN {execute}")
+            args = f"({', '.join(values)})" if values else ""
+            plan = await conn.fetch(f"EXPLAIN EXECUTE {name}{args}")
             plans[query] = "\n".join(row[0] for row in plan)
         return plans
     finally:
@@ -83,7 +78,8 @@ def _normalise(statement: str) -> str:
 def test_every_statement_the_service_runs_is_single_shard(
     migrated_cluster: CitusCluster, client: DialogsClient
 ) -> None:
-    migrated_cluster.sql("SELECT pg_stat_statements_reset()")
+    server_log = migrated_cluster.coordinator.logfile
+    log_start = server_log.stat().st_size
     alice, bob = new_user(), new_user()
     # Exercise every code path: send, idempotent replay, first page, next page, readiness.
     for i in range(3):
@@ -93,7 +89,10 @@ def test_every_statement_the_service_runs_is_single_shard(
     assert client.list(bob, alice, limit=2, cursor=first["next_cursor"]).status_code == 200
     assert client.http.get("/readyz").status_code == 200
 
-    plans = asyncio.run(_explain_captured_statements(migrated_cluster.dsn))
+    with server_log.open() as log:
+        log.seek(log_start)
+        statements = captured_statements(log.read())
+    plans = asyncio.run(explain(migrated_cluster.dsn, statements))
     distributed = {q: p for q, p in plans.items() if "Citus" in p}
     for query, plan in distributed.items():
         # One task on one shard: no subplan, no second round of tasks.

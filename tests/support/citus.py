@@ -8,7 +8,7 @@ from tests.support.postgres import PgServer
 
 DATABASE = "dialogs"
 CITUS_SETTINGS = {
-    "shared_preload_libraries": "'citus,pg_stat_statements'",
+    "shared_preload_libraries": "'citus'",
     "wal_level": "logical",  # shard moves use logical replication
     "max_prepared_transactions": "100",
     "max_wal_senders": "20",
@@ -36,7 +36,6 @@ class CitusCluster:
             f"SELECT citus_set_coordinator_host('127.0.0.1', {cluster.coordinator.port})",
             DATABASE,
         )
-        cluster.coordinator.psql("CREATE EXTENSION pg_stat_statements", DATABASE)
         for _ in range(worker_count):
             cluster.add_worker()
         return cluster

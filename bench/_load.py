@@ -1,0 +1,125 @@
+"""Load generators for the benchmarks: wrk for HTTP, pgbench for SQL. Both are bounded
+by duration, run against loopback only, and return requests/s with latency percentiles."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Result:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int = 0
+
+
+def require(tool: str, package: str) -> None:
+    if shutil.which(tool) is None:
+        raise SystemExit(f"{tool} is not installed: apt-get install {package}")
+
+
+_WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-Internal-Token"] = %(token)s
+local bodies = %(bodies)s
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format(nil, %(path)s, nil, bodies[(n %% #bodies) + 1])
+end
+done = function(summary, latency, requests)
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write
+    + summary.errors.status + summary.errors.timeout
+  io.write(string.format("RESULT %%f %%f %%f %%d\\n", summary.requests / (summary.duration / 1e6),
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000, errors))
+end
+"""
+
+
+def wrk_post(
+    url: str, path: str, bodies: list[str], token: str, connections: int, seconds: int
+) -> Result:
+    """POST the bodies round-robin; non-2xx answers count as errors."""
+    require("wrk", "wrk")
+    lua_list = "{" + ",".join(json.dumps(b) for b in bodies) + "}"
+    script = _WRK_SCRIPT % {
+        "token": json.dumps(token),
+        "bodies": lua_list,
+        "path": json.dumps(path),
+    }
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
+        handle.write(script)
+    threads = min(2, connections)
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t",
+            str(threads),
+            "-c",
+            str(connections),
+            "-d",
+            f"{seconds}s",
+            "--timeout",
+            "5s",
+            "-s",
+            handle.name,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=seconds + 60,
+    ).stdout
+    Path(handle.name).unlink()
+    match = re.search(r"RESULT (\S+) (\S+) (\S+) (\d+)", out)
+    if match is None:
+        raise RuntimeError(f"wrk printed no result:\n{out}")
+    rps, p50, p99, errors = match.groups()
+    return Result(float(rps), float(p50), float(p99), int(errors))
+
+
+def pgbench(dsn: str, script: str, clients: int, seconds: int) -> Result:
+    """Run a pgbench custom script (prepared mode); percentiles from the per-transaction log."""
+    require("pgbench", "postgresql-15")
+    with tempfile.TemporaryDirectory() as workdir:
+        script_path = Path(workdir) / "bench.sql"
+        script_path.write_text(script)
+        command = ["pgbench", "-n", "-M", "prepared", "-c", str(clients)]
+        command += ["-j", str(min(2, clients)), "-T", str(seconds), "-f", str(script_path)]
+        command += ["-l", "--log-prefix", f"{workdir}/log", dsn]
+        out = subprocess.run(
+            command, capture_output=True, text=True, timeout=seconds + 60, cwd=workdir
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"pgbench failed:\n{out.stderr}\nscript:\n{script}")
+        latencies: list[float] = []
+        for log in Path(workdir).glob("log*"):
+            for line in log.read_text().splitlines():
+                latencies.append(int(line.split()[2]) / 1000)  # microseconds -> ms
+    match = re.search(r"tps = ([\d.]+)", out.stdout)
+    if match is None or not latencies:
+        raise RuntimeError(f"pgbench printed no result:\n{out.stdout}")
+    latencies.sort()
+    return Result(
+        float(match.group(1)),
+        latencies[len(latencies) // 2],
+        latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+    )
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    body = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows
+    ]
+    return "\n".join([line, rule, *body])

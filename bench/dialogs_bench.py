@@ -1,0 +1,239 @@
+"""Benchmark of the dialogs service on a local Citus cluster (coordinator + 2 workers).
+
+Prints three tables, all from one run on one machine:
+  (a) send and list (50 newest of a 10,000-message dialog) through the service, at a few
+      concurrencies: requests/s, p50, p99;
+  (b) pgbench running the same SQL straight on the coordinator, and the ratio service/pgbench;
+  (c) the seed's way (lookup on an unindexed local `dialogs` table + ORDER BY id OFFSET)
+      against ours (keyset) at depths 1,000 / 10,000 / 100,000.
+
+Usage: .venv/bin/python bench/dialogs_bench.py [--seconds 8] [--workers 2]
+Needs PostgreSQL 15 with Citus, wrk and pgbench; starts and removes everything itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import sys
+import uuid
+from pathlib import Path
+
+import asyncpg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._load import Result, pgbench, table, wrk_post
+from dialogs import sql
+from dialogs.ids import dialog_key, uuid7
+from tests.support.citus import CitusCluster
+from tests.support.postgres import citus_installed
+from tests.support.processes import INTERNAL_TOKEN, dialogs_process, migrate
+
+DIALOG_SIZE = 10_000
+DEEP_DIALOG_SIZE = 100_000
+SEED_DIALOG_ROWS = 10_000  # rows in the seed's unindexed dialogs table
+PAGE = 50
+TEXT = "Neque porro quisquam est qui dolorem ipsum quia dolor sit amet"
+
+
+def literal(sql_text: str, *args: str | int) -> str:
+    """Inline parameters into one of the service's statements, for pgbench."""
+    for number in range(len(args), 0, -1):
+        value = args[number - 1]
+        sql_text = sql_text.replace(
+            f"${number}", str(value) if isinstance(value, int) else f"'{value}'"
+        )
+    without_comments = re.sub(r"--[^\n]*", "", sql_text)
+    return " ".join(without_comments.split()) + ";\n"  # pgbench reads one line a statement
+
+
+async def seed_dialog(dsn: str, alice: uuid.UUID, bob: uuid.UUID, size: int) -> list[str]:
+    """Store ``size`` messages in the dialog, oldest first; returns their ids newest first."""
+    dialog_id, low, high = dialog_key(alice, bob)
+    ids = [uuid7() for _ in range(size)]
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(sql.CREATE_DIALOG, dialog_id, low, high)
+        await conn.copy_records_to_table(
+            "dialog_messages",
+            records=[(dialog_id, i, alice if n % 2 else bob, TEXT) for n, i in enumerate(ids)],
+            columns=["dialog_id", "id", "user_id", "content"],
+        )
+    finally:
+        await conn.close()
+    return [str(i) for i in reversed(ids)]
+
+
+async def seed_the_seeds_schema(dsn: str, alice: uuid.UUID, bob: uuid.UUID) -> str:
+    """The seed's tables: a local dialogs table with no key, messages with random v4 ids."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            """
+            CREATE TABLE seed_dialogs (id uuid DEFAULT gen_random_uuid(), user_id1 uuid,
+                                       user_id2 uuid);
+            CREATE TABLE seed_dialog_messages (id uuid DEFAULT gen_random_uuid(),
+                dialog_id uuid, user_id uuid, content text, PRIMARY KEY (id, dialog_id));
+            SELECT create_distributed_table('seed_dialog_messages', 'dialog_id');
+            INSERT INTO seed_dialogs (user_id1, user_id2)
+                SELECT gen_random_uuid(), gen_random_uuid() FROM generate_series(2, $1);
+            """.replace("$1", str(SEED_DIALOG_ROWS))
+        )
+        dialog_id = await conn.fetchval(
+            "INSERT INTO seed_dialogs (user_id1, user_id2) VALUES ($1, $2) RETURNING id",
+            alice,
+            bob,
+        )
+        await conn.execute(
+            "INSERT INTO seed_dialog_messages (dialog_id, user_id, content) "
+            "SELECT $1, $2, $3 FROM generate_series(1, $4)",
+            dialog_id,
+            alice,
+            TEXT,
+            DEEP_DIALOG_SIZE,
+        )
+        await conn.execute("ANALYZE")
+        return str(dialog_id)
+    finally:
+        await conn.close()
+
+
+def fmt(result: Result) -> list[str]:
+    return [f"{result.rps:,.0f}", f"{result.p50_ms:.2f}", f"{result.p99_ms:.2f}"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=int, default=8, help="duration of each load step")
+    parser.add_argument("--workers", type=int, default=2, help="dialogs worker processes")
+    parser.add_argument("--concurrency", default="1,16,64", help="wrk connections per step")
+    args = parser.parse_args()
+    if not citus_installed():
+        raise SystemExit("citus extension not installed: this benchmark needs a Citus cluster")
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+
+    cluster = CitusCluster.start(worker_count=2)
+    service = None
+    try:
+        migrate(cluster.dsn)
+        alice, bob = uuid.uuid4(), uuid.uuid4()
+        asyncio.run(seed_dialog(cluster.dsn, alice, bob, DIALOG_SIZE))
+        deep_alice, deep_bob = uuid.uuid4(), uuid.uuid4()
+        deep_ids = asyncio.run(seed_dialog(cluster.dsn, deep_alice, deep_bob, DEEP_DIALOG_SIZE))
+        asyncio.run(seed_the_seeds_schema(cluster.dsn, deep_alice, deep_bob))
+        cluster.sql("ANALYZE")
+        service = dialogs_process(
+            cluster.dsn, DIALOGS_WORKERS=str(args.workers), DIALOGS_POOL_MAX_SIZE="16"
+        ).start()
+        dialog_id = str(dialog_key(alice, bob)[0])
+
+        list_body = json.dumps({"user_id": str(alice), "peer_id": str(bob), "limit": PAGE})
+        senders = [uuid.uuid4() for _ in range(64)]
+        send_bodies = [json.dumps({"from": str(s), "to": str(bob), "text": TEXT}) for s in senders]
+        for body in send_bodies:  # create the dialogs first: measure the steady state
+            wrk_post(service.url, "/internal/v1/messages/send", [body], INTERNAL_TOKEN, 1, 1)
+
+        service_rows, ratio_rows = [], []
+        pg = {
+            "list": pgbench(
+                cluster.dsn,
+                literal(sql.LIST_FIRST_PAGE, dialog_id, str(alice), str(bob), PAGE),
+                16,
+                args.seconds,
+            ),
+            "send": pgbench(
+                cluster.dsn,
+                literal(
+                    sql.SEND,
+                    str(dialog_key(senders[0], bob)[0]),
+                    "__ID__",
+                    str(senders[0]),
+                    TEXT,
+                    "",
+                )
+                .replace("'__ID__'", "gen_random_uuid()")
+                .replace("''", "NULL"),
+                16,
+                args.seconds,
+            ),
+        }
+        for name, path, bodies in (
+            ("list", "/internal/v1/messages/list", [list_body]),
+            ("send", "/internal/v1/messages/send", send_bodies),
+        ):
+            for connections in concurrencies:
+                result = wrk_post(
+                    service.url, path, bodies, INTERNAL_TOKEN, connections, args.seconds
+                )
+                service_rows.append([name, str(connections), *fmt(result), str(result.errors)])
+                if connections == 16:
+                    ratio = result.rps / pg[name].rps
+                    ratio_rows.append([name, *fmt(pg[name]), f"{result.rps:,.0f}", f"{ratio:.2f}"])
+
+        depth_rows = []
+        deep_dialog = str(dialog_key(deep_alice, deep_bob)[0])
+        for depth in (1_000, 10_000, 100_000):
+            ours = pgbench(
+                cluster.dsn,
+                literal(
+                    sql.LIST_NEXT_PAGE,
+                    deep_dialog,
+                    str(deep_alice),
+                    str(deep_bob),
+                    PAGE,
+                    deep_ids[depth - PAGE - 1],
+                ),
+                16,
+                args.seconds,
+            )
+            seeds = pgbench(
+                cluster.dsn,
+                "SELECT id AS did FROM seed_dialogs WHERE "
+                f"(user_id1 = '{deep_alice}' AND user_id2 = '{deep_bob}') OR "
+                f"(user_id1 = '{deep_bob}' AND user_id2 = '{deep_alice}') \\gset\n"
+                "SELECT id, dialog_id, user_id, content FROM seed_dialog_messages "
+                f"WHERE dialog_id = :did ORDER BY id OFFSET {depth - PAGE} LIMIT {PAGE};\n",
+                16,
+                args.seconds,
+            )
+            depth_rows.append(
+                [f"{depth:,}", *fmt(seeds), *fmt(ours), f"{ours.rps / seeds.rps:.1f}x"]
+            )
+    finally:
+        if service is not None:
+            service.stop()
+        cluster.destroy()
+
+    print(
+        f"# dialogs benchmark: {platform.node()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, {args.workers} service workers, "
+        f"{args.seconds}s per step, wrk/pgbench on the same host"
+    )
+    print("\n(a) through the dialogs service (wrk)\n")
+    print(table(["op", "conns", "req/s", "p50 ms", "p99 ms", "errors"], service_rows))
+    print("\n(b) pgbench, same SQL on the coordinator, 16 clients, vs the service at 16\n")
+    print(
+        table(
+            ["op", "pgbench tps", "p50 ms", "p99 ms", "service req/s", "service/pgbench"],
+            ratio_rows,
+        )
+    )
+    print(
+        "\n(c) a page 50 deep at depth N: the seed's lookup + OFFSET vs our keyset (pgbench, 16)\n"
+    )
+    print(
+        table(
+            ["depth", "seed tps", "p50 ms", "p99 ms", "ours tps", "p50 ms", "p99 ms", "ours/seed"],
+            depth_rows,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
