@@ -46,6 +46,12 @@ async def uuids_as_text(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("uuid", schema="pg_catalog", encoder=str, decoder=str, format="text")
 
 
+async def keep_session(conn: asyncpg.Connection) -> None:
+    """Skip asyncpg's default reset on release: it costs a round trip per request, and the
+    service keeps no session state (no SET, LISTEN or advisory locks). asyncpg still rolls
+    back a transaction left open."""
+
+
 def _install_database(app: Sanic, settings: Settings) -> None:
     @app.before_server_start
     async def open_pool(app: Sanic) -> None:
@@ -62,6 +68,7 @@ def _install_database(app: Sanic, settings: Settings) -> None:
                 "timezone": "UTC",  # timestamps in the JSON the database builds
             },
             init=uuids_as_text,
+            reset=keep_session,
         )
         app.ctx.store = MessageStore(pool)
         app.ctx.pool = pool
