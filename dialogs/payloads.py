@@ -19,8 +19,8 @@ from servicekit.http import bad_request
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
 MAX_CLIENT_ID_LENGTH = 128
-_CANONICAL_UUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
-_CLIENT_ID = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, no spaces
+_CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
+_CLIENT_ID = re.compile(r"[\x21-\x7e]{1,128}")  # printable ASCII, no spaces
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def user_id(data: dict[str, Any], field: str) -> uuid.UUID:
     value = data.get(field)
     if value is None:
         raise bad_request(f"{field} is required")
-    if not isinstance(value, str) or not _CANONICAL_UUID.match(value):
+    if not isinstance(value, str) or not _CANONICAL_UUID.fullmatch(value):
         raise bad_request(f"{field} must be a UUID")
     return uuid.UUID(value)
 
@@ -75,7 +75,7 @@ def message_text(value: Any, max_length: int) -> str:
 def client_message_id(value: Any) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not _CLIENT_ID.match(value):
+    if not isinstance(value, str) or not _CLIENT_ID.fullmatch(value):
         raise bad_request(
             f"client_message_id must be 1 to {MAX_CLIENT_ID_LENGTH} printable ASCII characters"
         )

@@ -110,7 +110,10 @@ def install(app: Sanic, *, unexpected_code: str = "internal_error") -> None:
             413: "payload_too_large",
             415: "unsupported_media_type",
         }.get(status, "client_error")
-        return error_response(request, ApiError(status, str(error.message or error), code))
+        response = error_response(request, ApiError(status, str(error.message or error), code))
+        for name, value in (getattr(error, "headers", None) or {}).items():
+            response.headers.setdefault(name, value)  # e.g. Allow on a 405
+        return response
 
     @app.exception(Exception)
     async def on_unexpected(request: Request, error: Exception) -> HTTPResponse:

@@ -3,6 +3,7 @@ subprocesses on free loopback ports, waited on until healthy and always stopped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -44,8 +45,13 @@ class ServiceProcess:
         )
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         with self.log_path.open("ab") as log:
+            # A session of its own: kill() can reach Sanic's worker processes too.
             self.process = subprocess.Popen(
-                [sys.executable, "-m", self.module, "serve"], env=env, stdout=log, stderr=log
+                [sys.executable, "-m", self.module, "serve"],
+                env=env,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -60,18 +66,24 @@ class ServiceProcess:
         self.stop()
         raise RuntimeError(f"{self.module} did not become healthy:\n{self.log()}")
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM, as systemd would: Sanic drains and stops its workers. Returns the exit code."""
         if self.process is None or self.process.poll() is not None:
             return None if self.process is None else self.process.returncode
-        self.process.send_signal(sig)
+        self.process.terminate()
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+            self.kill()
+            return self.process.returncode
 
     def kill(self) -> None:
-        self.stop(signal.SIGKILL)
+        """SIGKILL to the whole process group: a crash, with no worker left behind."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:]

@@ -45,11 +45,13 @@ def test_list_cursor_is_decoded() -> None:
         ({"text": None}, "text is required"),
         ({"text": "a\x00b"}, "NUL"),
         ({"from": "not-a-uuid"}, "from must be a UUID"),
+        ({"from": A + "\n"}, "from must be a UUID"),
         ({"to": 42}, "to must be a UUID"),
         ({"to": A}, "sending to yourself"),
         ({"client_message_id": ""}, "client_message_id"),
         ({"client_message_id": "has space"}, "client_message_id"),
         ({"client_message_id": "x" * 129}, "client_message_id"),
+        ({"client_message_id": "key\n"}, "client_message_id"),
     ],
 )
 def test_bad_send_fields_are_named(fields: dict[str, object], message: str) -> None:

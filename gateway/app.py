@@ -1,0 +1,374 @@
+"""The gateway HTTP service: an app factory wiring routes, resources and the plumbing.
+
+Per worker process: one asyncpg pool (users), one pooled HTTP client and one balancer
+(dialogs instances), a login throttle, and the prober that lets instances back in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.resources
+import importlib.util
+import logging
+import uuid
+from typing import Any
+
+import asyncpg
+import orjson
+from sanic import HTTPResponse, Request, Sanic
+from sanic.exceptions import MethodNotAllowed
+from sanic.response import raw
+
+from gateway import payloads
+from gateway.config import Settings
+from gateway.forwarding import Forwarder, Reply
+from gateway.passwords import Passwords
+from gateway.throttle import LoginThrottle
+from gateway.tokens import MissingToken, SigningUnavailable, TokenError, TokenService, bearer_token
+from gateway.upstreams import Balancer, Upstream
+from gateway.users import UserStore
+from servicekit import http, metrics
+from servicekit.http import ApiError, json_response
+from servicekit.logs import log_config
+
+log = logging.getLogger("gateway")
+
+SEND_PATH = "/internal/v1/messages/send"
+LIST_PATH = "/internal/v1/messages/list"
+NEXT_CURSOR_HEADER = "X-Next-Cursor"
+REPLAYED_HEADER = "Idempotent-Replayed"
+REALM = "dialogs"
+# list: retried once on another instance. send: the same, made safe by its client message id.
+ATTEMPTS = 2
+# SQLSTATE classes that mean "the database cannot serve right now" (see dialogs/app.py).
+_UNAVAILABLE_CLASSES = ("08", "53", "57", "58")
+
+
+class Unauthorized(ApiError):
+    """401 with the RFC 6750 challenge in WWW-Authenticate."""
+
+    def __init__(self, message: str, *, invalid_token: bool) -> None:
+        super().__init__(401, message, "unauthorized")
+        self.challenge = f'Bearer realm="{REALM}"'
+        if invalid_token:
+            self.challenge += f', error="invalid_token", error_description="{message}"'
+
+
+def openapi_document() -> bytes:
+    return importlib.resources.files("gateway").joinpath("openapi.yaml").read_bytes()
+
+
+def create_app(settings: Settings) -> Sanic:
+    app = Sanic("gateway", log_config=log_config(settings.log_level))
+    # httpx and httpcore log per request below WARNING: a line per forwarded call costs time.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(
+            max(logging.WARNING, logging.getLevelName(settings.log_level))
+        )
+    app.config.REQUEST_MAX_SIZE = settings.max_body_bytes
+    app.config.GRACEFUL_SHUTDOWN_TIMEOUT = 10.0
+    app.config.NOISY_EXCEPTIONS = False
+    app.config.PROXIES_COUNT = settings.proxies_count
+    app.ctx.settings = settings
+    http.install(app)
+    metrics.install(app, "gateway")
+    _install_errors(app, settings)
+    _install_resources(app, settings)
+    _install_routes(app, settings)
+    return app
+
+
+def _install_errors(app: Sanic, settings: Settings) -> None:
+    @app.exception(Unauthorized)
+    async def on_unauthorized(request: Request, error: Unauthorized) -> HTTPResponse:
+        response = http.error_response(request, error)
+        response.headers["WWW-Authenticate"] = error.challenge
+        return response
+
+    @app.exception(MethodNotAllowed)
+    async def on_method_not_allowed(request: Request, error: MethodNotAllowed) -> HTTPResponse:
+        response = http.error_response(
+            request, ApiError(405, str(error.message or error), "method_not_allowed")
+        )
+        if "Allow" in error.headers:
+            response.headers["Allow"] = error.headers["Allow"]
+        return response
+
+    def unavailable(error: BaseException) -> ApiError:
+        log.warning("database unavailable: %s", error)
+        return ApiError(
+            503,
+            "the user store is unavailable, try again later",
+            "db_unavailable",
+            retry_after=settings.retry_after_s,
+        )
+
+    @app.exception(OSError, TimeoutError, asyncpg.InterfaceError)
+    async def on_connection_error(request: Request, error: Exception) -> HTTPResponse:
+        return http.error_response(request, unavailable(error))
+
+    @app.exception(asyncpg.PostgresError)
+    async def on_database_error(request: Request, error: asyncpg.PostgresError) -> HTTPResponse:
+        sqlstate = getattr(error, "sqlstate", "") or ""
+        if sqlstate.startswith(_UNAVAILABLE_CLASSES):
+            return http.error_response(request, unavailable(error))
+        log.error("database error %s", sqlstate, exc_info=error)
+        return http.error_response(request, ApiError(500, "internal error", "db_error"))
+
+
+def _upstream_metrics() -> tuple[Any, Any]:
+    """An observer of upstream state and a recorder of attempt outcomes, for Prometheus."""
+    from prometheus_client import Counter, Gauge
+
+    healthy = Gauge(
+        "gateway_upstream_healthy",
+        "1 when every live worker sees the dialogs instance as healthy",
+        ["upstream"],
+        multiprocess_mode="livemin",
+    )
+    in_flight = Gauge(
+        "gateway_upstream_in_flight",
+        "Requests in flight to the dialogs instance, summed over workers",
+        ["upstream"],
+        multiprocess_mode="livesum",
+    )
+    attempts = Counter(
+        "gateway_upstream_attempts_total",
+        "Calls to dialogs instances by outcome (ok, status_5xx, connect_error, timeout, ...)",
+        ["upstream", "outcome"],
+    )
+
+    # Children looked up once: labels() costs a few microseconds per call on the hot path.
+    children: dict[tuple[str, ...], Any] = {}
+
+    def child(metric: Any, *labels: str) -> Any:
+        key = (metric._name, *labels)
+        found = children.get(key)
+        if found is None:
+            found = children[key] = metric.labels(*labels)
+        return found
+
+    def observe(upstream: Upstream, change: str) -> None:
+        if change == "in_flight":
+            child(in_flight, upstream.url).set(upstream.in_flight)
+        else:
+            child(healthy, upstream.url).set(1 if upstream.healthy else 0)
+
+    def record(url: str, outcome: str) -> None:
+        child(attempts, url, outcome).inc()
+
+    return observe, record
+
+
+def _install_resources(app: Sanic, settings: Settings) -> None:
+    @app.before_server_start
+    async def open_resources(app: Sanic) -> None:
+        if importlib.util.find_spec("sniffio") is None:
+            log.warning(
+                "sniffio is not installed: httpcore then retries importing it several times"
+                " per forwarded request (about 0.8 ms in all on a small VM); install sniffio"
+            )
+        observe, record = _upstream_metrics()
+        # min_size=0: the gateway starts (and serves dialogs) while the database is down.
+        app.ctx.pool = await asyncpg.create_pool(
+            settings.database_url,
+            min_size=0,
+            max_size=settings.db_pool_max_size,
+            timeout=settings.db_connect_timeout_s,
+            command_timeout=settings.db_statement_timeout_ms / 1000 + 1,
+            server_settings={
+                "application_name": "gateway",
+                "statement_timeout": str(settings.db_statement_timeout_ms),
+            },
+        )
+        app.ctx.users = UserStore(app.ctx.pool)
+        app.ctx.passwords = Passwords(
+            time_cost=settings.argon2_time_cost,
+            memory_kib=settings.argon2_memory_kib,
+            parallelism=settings.argon2_parallelism,
+        )
+        app.ctx.tokens = TokenService(settings.tokens)
+        app.ctx.throttle = LoginThrottle(
+            max_failures=settings.login_max_failures,
+            max_failures_per_address=settings.login_max_failures_per_address,
+            window_s=settings.login_window_s,
+        )
+        balancer = Balancer(
+            settings.upstreams, cooldown_s=settings.upstream_cooldown_s, observer=observe
+        )
+        forwarder = Forwarder(
+            balancer,
+            internal_token=settings.internal_token,
+            connect_timeout_s=settings.upstream_connect_timeout_s,
+            timeout_s=settings.upstream_timeout_s,
+            pool_size=settings.upstream_pool_size,
+            retry_after_s=settings.retry_after_s,
+            record=record,
+        )
+        app.ctx.balancer = balancer
+        app.ctx.forwarder = forwarder
+        # Know which instances answer before the first request; then keep probing.
+        await balancer.probe(forwarder.check, settings.upstream_probe_interval_s)
+        for upstream in balancer.upstreams:
+            observe(upstream, "health")
+            observe(upstream, "in_flight")
+        log.info(
+            "upstreams probed",
+            extra={"fields": {"healthy": [u.url for u in balancer.upstreams if u.healthy]}},
+        )
+        app.ctx.prober = asyncio.get_running_loop().create_task(
+            balancer.probe_forever(forwarder.check, settings.upstream_probe_interval_s)
+        )
+
+    @app.after_server_stop
+    async def close_resources(app: Sanic) -> None:
+        app.ctx.prober.cancel()
+        await asyncio.gather(app.ctx.prober, return_exceptions=True)
+        await app.ctx.forwarder.aclose()
+        await app.ctx.pool.close()
+
+
+def _authenticate(request: Request) -> str:
+    """The id of the user the request's bearer token was issued to."""
+    try:
+        token = bearer_token(request.headers.get("authorization"))
+        user: str = request.app.ctx.tokens.verify(token)
+    except MissingToken as error:
+        raise Unauthorized(str(error), invalid_token=False) from None
+    except TokenError as error:
+        raise Unauthorized(str(error), invalid_token=True) from None
+    return user
+
+
+def _peer(user: str, path_user_id: str) -> str:
+    peer = payloads.user_id(path_user_id, "user_id in the path")
+    if peer == user:
+        raise http.bad_request("user_id in the path must be another user than the token's")
+    return peer
+
+
+def _upstream_error(reply: Reply) -> HTTPResponse:
+    """A dialogs answer other than 200 (5xx never gets here: it is retried, then 503)."""
+    if reply.status in (400, 413):
+        # dialogs' body is already {message, request_id, code} with our request id.
+        return raw(reply.body, status=reply.status, content_type="application/json")
+    body = reply.body[:200].decode(errors="replace")
+    log.error(
+        "unexpected answer from dialogs", extra={"fields": {"status": reply.status, "body": body}}
+    )
+    raise ApiError(502, "the message service gave an unexpected answer", "bad_gateway")
+
+
+def _install_routes(app: Sanic, settings: Settings) -> None:
+    document = openapi_document()
+
+    @app.post("/login", name="login")
+    async def login(request: Request) -> HTTPResponse:
+        ctx = request.app.ctx
+        if not ctx.tokens.can_issue:
+            raise ApiError(
+                501, "tokens are issued by the identity provider, not here", "login_disabled"
+            )
+        body = payloads.parse_login(request)
+        address = request.remote_addr or request.ip
+        wait = ctx.throttle.retry_after(body.user_id, address)
+        if wait is not None:
+            raise ApiError(
+                429,
+                "too many failed logins, try again later",
+                "too_many_attempts",
+                retry_after=wait,
+            )
+        stored_hash = await ctx.users.password_hash(body.user_id)
+        if not await ctx.passwords.verify(stored_hash, body.password):
+            ctx.throttle.failed(body.user_id, address)
+            raise ApiError(404, "unknown user or wrong password", "not_found")
+        ctx.throttle.succeeded(body.user_id)
+        if ctx.passwords.needs_rehash(stored_hash):
+            new_hash = await ctx.passwords.hash(body.password)
+            await ctx.users.replace_password_hash(body.user_id, stored_hash, new_hash)
+        try:
+            token = ctx.tokens.issue(body.user_id)
+        except SigningUnavailable:  # pragma: no cover - checked above
+            raise ApiError(501, "tokens are issued elsewhere", "login_disabled") from None
+        return json_response({"token": token})
+
+    @app.post("/user/register", name="register")
+    async def register(request: Request) -> HTTPResponse:
+        ctx = request.app.ctx
+        body = payloads.parse_registration(request)
+        password_hash = await ctx.passwords.hash(body.password)
+        user_id = await ctx.users.create(body.user, password_hash)
+        return json_response({"user_id": user_id})
+
+    @app.post("/dialog/<user_id:str>/send", name="send")
+    async def send(request: Request, user_id: str) -> HTTPResponse:
+        user = _authenticate(request)
+        peer = _peer(user, user_id)
+        text = payloads.message_text(request, settings.max_text_length)
+        given_key = payloads.idempotency_key(request)
+        # Without the client's key the gateway makes one, so its own retry is safe.
+        client_message_id = given_key or uuid.uuid4().hex
+        payload = orjson.dumps(
+            {"from": user, "to": peer, "text": text, "client_message_id": client_message_id}
+        )
+        reply = await request.app.ctx.forwarder.post(
+            SEND_PATH, payload, http.request_id(request), attempts=ATTEMPTS
+        )
+        if reply.status != 200:
+            return _upstream_error(reply)
+        headers = None
+        if given_key is not None and reply.headers.get(REPLAYED_HEADER.lower()) == "true":
+            if orjson.loads(reply.body).get("text") != text:
+                raise ApiError(
+                    409,
+                    "Idempotency-Key was already used for another message in this dialog",
+                    "idempotency_conflict",
+                )
+            headers = {REPLAYED_HEADER: "true"}
+        return raw(reply.body, headers=headers, content_type="application/json")
+
+    @app.get("/dialog/<user_id:str>/list", name="list")
+    async def list_messages(request: Request, user_id: str) -> HTTPResponse:
+        user = _authenticate(request)
+        peer = _peer(user, user_id)
+        page = payloads.page(request)
+        query: dict[str, Any] = {"user_id": user, "peer_id": peer, "limit": page.limit}
+        if page.cursor is not None:
+            query["cursor"] = page.cursor
+        reply = await request.app.ctx.forwarder.post(
+            LIST_PATH, orjson.dumps(query), http.request_id(request), attempts=ATTEMPTS
+        )
+        if reply.status != 200:
+            return _upstream_error(reply)
+        result = orjson.loads(reply.body)
+        next_cursor = result.get("next_cursor")
+        headers = {NEXT_CURSOR_HEADER: next_cursor} if next_cursor else None
+        return raw(
+            orjson.dumps(result["messages"]), headers=headers, content_type="application/json"
+        )
+
+    @app.get("/healthz", name="healthz")
+    async def healthz(request: Request) -> HTTPResponse:
+        return json_response({"status": "ok"})
+
+    @app.get("/readyz", name="readyz")
+    async def readyz(request: Request) -> HTTPResponse:
+        balancer: Balancer = request.app.ctx.balancer
+        upstreams = {u.url: "ready" if u.healthy else "out" for u in balancer.upstreams}
+        if not balancer.any_healthy():
+            return json_response(
+                {
+                    "message": "no dialogs instance is ready",
+                    "request_id": http.request_id(request),
+                    "code": "no_upstream",
+                    "upstreams": upstreams,
+                },
+                status=503,
+                headers={"Retry-After": str(settings.retry_after_s)},
+            )
+        return json_response({"status": "ready", "upstreams": upstreams})
+
+    @app.get("/openapi.yaml", name="openapi")
+    async def openapi(request: Request) -> HTTPResponse:
+        return raw(document, content_type="application/yaml")
