@@ -6,13 +6,11 @@ Both read their settings from DIALOGS_* environment variables (see docs/configur
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
-import logging.config
+import os
 import sys
 
-from servicekit.config import ConfigError
-from servicekit.logs import log_config
+from servicekit import cli
+from servicekit.config import ConfigError, Env
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,34 +31,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve() -> int:
     from dialogs.config import Settings
-    from servicekit import metrics
 
-    settings = Settings.from_env()
-    metrics.prepare_multiprocess_dir("dialogs")
-    # Imported after the metrics directory is set: prometheus_client reads it on import.
-    from dialogs.app import create_app
-    from servicekit.serve import run
-
-    run(create_app, settings, host=settings.host, port=settings.port, workers=settings.workers)
-    return 0
+    return cli.serve("dialogs", Settings.from_env(), "dialogs.app:create_app")
 
 
 def _migrate(database_url: str | None) -> int:
-    import os
-
     from dialogs.schema import MIGRATION
-    from servicekit.config import Env
-    from servicekit.migrate import apply
 
-    logging.config.dictConfig(log_config("INFO"))
     dsn = database_url or Env(os.environ).text("DIALOGS_DATABASE_URL")
-    report = asyncio.run(apply(dsn, MIGRATION))
-    mode = "citus" if report.citus else "plain postgresql"
-    print(
-        f"dialogs schema ready ({mode}); created: {', '.join(report.created) or 'nothing'}; "
-        f"distributed: {', '.join(report.distributed) or 'nothing'}"
-    )
-    return 0
+    return cli.migrate("dialogs", dsn, MIGRATION)
 
 
 if __name__ == "__main__":

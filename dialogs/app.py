@@ -14,18 +14,13 @@ from sanic.response import raw
 from dialogs import cursor, payloads
 from dialogs.config import Settings
 from dialogs.store import MessageStore
-from servicekit import http, metrics
+from servicekit import database, http, metrics
 from servicekit.http import ApiError, json_response
 from servicekit.logs import log_config
 
 log = logging.getLogger("dialogs")
 
 INTERNAL_TOKEN_HEADER = "X-Internal-Token"
-
-# SQLSTATE classes that mean "the database cannot serve right now", not "bad request":
-# 08 connection exception, 53 insufficient resources, 57 operator intervention (includes
-# statement timeout and shutdown), 58 system error.
-_UNAVAILABLE_CLASSES = ("08", "53", "57", "58")
 
 
 def create_app(settings: Settings) -> Sanic:
@@ -77,26 +72,9 @@ def _install_database(app: Sanic, settings: Settings) -> None:
     async def close_pool(app: Sanic) -> None:
         await app.ctx.pool.close()
 
-    def unavailable(error: BaseException) -> ApiError:
-        log.warning("database unavailable: %s", error)
-        return ApiError(
-            503,
-            "the message store is unavailable, try again later",
-            "db_unavailable",
-            retry_after=settings.retry_after_s,
-        )
-
-    @app.exception(OSError, TimeoutError, asyncpg.InterfaceError)
-    async def on_connection_error(request: Request, error: Exception) -> HTTPResponse:
-        return http.error_response(request, unavailable(error))
-
-    @app.exception(asyncpg.PostgresError)
-    async def on_database_error(request: Request, error: asyncpg.PostgresError) -> HTTPResponse:
-        sqlstate = getattr(error, "sqlstate", "") or ""
-        if sqlstate.startswith(_UNAVAILABLE_CLASSES):
-            return http.error_response(request, unavailable(error))
-        log.error("database error %s", sqlstate, exc_info=error)
-        return http.error_response(request, ApiError(500, "internal error", "db_error"))
+    database.install_error_handlers(
+        app, store="the message store", retry_after_s=settings.retry_after_s
+    )
 
 
 def _install_routes(app: Sanic, settings: Settings) -> None:

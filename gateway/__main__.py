@@ -7,15 +7,12 @@ All read their settings from GATEWAY_* environment variables (see docs/api.md).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
-import logging.config
 import os
 import sys
 import uuid
 
-from servicekit.config import ConfigError
-from servicekit.logs import log_config
+from servicekit import cli
+from servicekit.config import ConfigError, Env
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,32 +40,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve() -> int:
     from gateway.config import Settings
-    from servicekit import metrics
 
-    settings = Settings.from_env()
-    metrics.prepare_multiprocess_dir("gateway")
-    # Imported after the metrics directory is set: prometheus_client reads it on import.
-    from gateway.app import create_app
-    from servicekit.serve import run
-
-    run(create_app, settings, host=settings.host, port=settings.port, workers=settings.workers)
-    return 0
+    return cli.serve("gateway", Settings.from_env(), "gateway.app:create_app")
 
 
 def _migrate(database_url: str | None) -> int:
     from gateway.schema import MIGRATION
-    from servicekit.config import Env
-    from servicekit.migrate import apply
 
-    logging.config.dictConfig(log_config("INFO"))
     dsn = database_url or Env(os.environ).text("GATEWAY_DATABASE_URL")
-    report = asyncio.run(apply(dsn, MIGRATION))
-    mode = "citus" if report.citus else "plain postgresql"
-    print(
-        f"gateway schema ready ({mode}); created: {', '.join(report.created) or 'nothing'}; "
-        f"distributed: {', '.join(report.distributed) or 'nothing'}"
-    )
-    return 0
+    return cli.migrate("gateway", dsn, MIGRATION)
 
 
 def _issue_token(subject: str, ttl: int | None) -> int:

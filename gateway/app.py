@@ -16,7 +16,6 @@ from typing import Any
 import asyncpg
 import orjson
 from sanic import HTTPResponse, Request, Sanic
-from sanic.exceptions import MethodNotAllowed
 from sanic.response import raw
 
 from gateway import payloads
@@ -27,7 +26,7 @@ from gateway.throttle import LoginThrottle
 from gateway.tokens import MissingToken, SigningUnavailable, TokenError, TokenService, bearer_token
 from gateway.upstreams import Balancer, Upstream
 from gateway.users import UserStore
-from servicekit import http, metrics
+from servicekit import database, http, metrics
 from servicekit.http import ApiError, json_response
 from servicekit.logs import log_config
 
@@ -40,8 +39,6 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 REALM = "dialogs"
 # list: retried once on another instance. send: the same, made safe by its client message id.
 ATTEMPTS = 2
-# SQLSTATE classes that mean "the database cannot serve right now" (see dialogs/app.py).
-_UNAVAILABLE_CLASSES = ("08", "53", "57", "58")
 
 
 class Unauthorized(ApiError):
@@ -85,35 +82,9 @@ def _install_errors(app: Sanic, settings: Settings) -> None:
         response.headers["WWW-Authenticate"] = error.challenge
         return response
 
-    @app.exception(MethodNotAllowed)
-    async def on_method_not_allowed(request: Request, error: MethodNotAllowed) -> HTTPResponse:
-        response = http.error_response(
-            request, ApiError(405, str(error.message or error), "method_not_allowed")
-        )
-        if "Allow" in error.headers:
-            response.headers["Allow"] = error.headers["Allow"]
-        return response
-
-    def unavailable(error: BaseException) -> ApiError:
-        log.warning("database unavailable: %s", error)
-        return ApiError(
-            503,
-            "the user store is unavailable, try again later",
-            "db_unavailable",
-            retry_after=settings.retry_after_s,
-        )
-
-    @app.exception(OSError, TimeoutError, asyncpg.InterfaceError)
-    async def on_connection_error(request: Request, error: Exception) -> HTTPResponse:
-        return http.error_response(request, unavailable(error))
-
-    @app.exception(asyncpg.PostgresError)
-    async def on_database_error(request: Request, error: asyncpg.PostgresError) -> HTTPResponse:
-        sqlstate = getattr(error, "sqlstate", "") or ""
-        if sqlstate.startswith(_UNAVAILABLE_CLASSES):
-            return http.error_response(request, unavailable(error))
-        log.error("database error %s", sqlstate, exc_info=error)
-        return http.error_response(request, ApiError(500, "internal error", "db_error"))
+    database.install_error_handlers(
+        app, store="the user store", retry_after_s=settings.retry_after_s
+    )
 
 
 def _upstream_metrics() -> tuple[Any, Any]:
