@@ -18,6 +18,7 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int = 0
+    requests: int = 0
 
 
 def require(tool: str, package: str) -> None:
@@ -26,64 +27,65 @@ def require(tool: str, package: str) -> None:
 
 
 _WRK_SCRIPT = """
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["X-Internal-Token"] = %(token)s
+wrk.method = %(method)s
+%(headers)s
 local bodies = %(bodies)s
 local n = 0
 request = function()
   n = n + 1
-  return wrk.format(nil, %(path)s, nil, bodies[(n %% #bodies) + 1])
+  if #bodies == 0 then return wrk.format() end
+  return wrk.format(nil, nil, nil, bodies[(n %% #bodies) + 1])
 end
 done = function(summary, latency, requests)
   local errors = summary.errors.connect + summary.errors.read + summary.errors.write
     + summary.errors.status + summary.errors.timeout
-  io.write(string.format("RESULT %%f %%f %%f %%d\\n", summary.requests / (summary.duration / 1e6),
-    latency:percentile(50) / 1000, latency:percentile(99) / 1000, errors))
+  io.write(string.format("RESULT %%f %%f %%f %%d %%d\\n",
+    summary.requests / (summary.duration / 1e6),
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000, errors, summary.requests))
 end
 """
 
 
-def wrk_post(
-    url: str, path: str, bodies: list[str], token: str, connections: int, seconds: int
+def wrk(
+    url: str,
+    *,
+    method: str = "POST",
+    headers: dict[str, str] | None = None,
+    bodies: list[str] | None = None,
+    connections: int,
+    seconds: int,
 ) -> Result:
-    """POST the bodies round-robin; non-2xx answers count as errors."""
+    """Closed-loop load on ``url`` (bodies sent round-robin); non-2xx answers count as errors.
+
+    One wrk thread: on a small machine the cores go to the services being measured.
+    """
     require("wrk", "wrk")
-    lua_list = "{" + ",".join(json.dumps(b) for b in bodies) + "}"
+    header_lines = "\n".join(
+        f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in (headers or {}).items()
+    )
     script = _WRK_SCRIPT % {
-        "token": json.dumps(token),
-        "bodies": lua_list,
-        "path": json.dumps(path),
+        "method": json.dumps(method),
+        "headers": header_lines,
+        "bodies": "{" + ",".join(json.dumps(b) for b in bodies or []) + "}",
     }
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
         handle.write(script)
-    threads = min(2, connections)
-    out = subprocess.run(
-        [
-            "wrk",
-            "-t",
-            str(threads),
-            "-c",
-            str(connections),
-            "-d",
-            f"{seconds}s",
-            "--timeout",
-            "5s",
-            "-s",
-            handle.name,
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=seconds + 60,
-    ).stdout
-    Path(handle.name).unlink()
-    match = re.search(r"RESULT (\S+) (\S+) (\S+) (\d+)", out)
+    try:
+        command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s"]
+        out = subprocess.run(
+            [*command, "-s", handle.name, url],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=seconds + 60,
+        ).stdout
+    finally:
+        Path(handle.name).unlink()
+    match = re.search(r"RESULT (\S+) (\S+) (\S+) (\d+) (\d+)", out)
     if match is None:
         raise RuntimeError(f"wrk printed no result:\n{out}")
-    rps, p50, p99, errors = match.groups()
-    return Result(float(rps), float(p50), float(p99), int(errors))
+    rps, p50, p99, errors, requests = match.groups()
+    return Result(float(rps), float(p50), float(p99), int(errors), int(requests))
 
 
 def pgbench(dsn: str, script: str, clients: int, seconds: int) -> Result:

@@ -24,10 +24,11 @@ import uuid
 from pathlib import Path
 
 import asyncpg
+import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._load import Result, pgbench, table, wrk_post
+from bench._load import Result, pgbench, table, wrk
 from dialogs import sql
 from dialogs.ids import dialog_key, uuid7
 from tests.support.citus import CitusCluster
@@ -135,8 +136,10 @@ def main() -> int:
         list_body = json.dumps({"user_id": str(alice), "peer_id": str(bob), "limit": PAGE})
         senders = [uuid.uuid4() for _ in range(64)]
         send_bodies = [json.dumps({"from": str(s), "to": str(bob), "text": TEXT}) for s in senders]
-        for body in send_bodies:  # create the dialogs first: measure the steady state
-            wrk_post(service.url, "/internal/v1/messages/send", [body], INTERNAL_TOKEN, 1, 1)
+        internal = {"X-Internal-Token": INTERNAL_TOKEN, "Content-Type": "application/json"}
+        with httpx.Client(base_url=service.url, headers=internal) as client:
+            for body in send_bodies:  # create the dialogs first: measure the steady state
+                client.post("/internal/v1/messages/send", content=body).raise_for_status()
 
         service_rows, ratio_rows = [], []
         pg = {
@@ -167,8 +170,12 @@ def main() -> int:
             ("send", "/internal/v1/messages/send", send_bodies),
         ):
             for connections in concurrencies:
-                result = wrk_post(
-                    service.url, path, bodies, INTERNAL_TOKEN, connections, args.seconds
+                result = wrk(
+                    service.url + path,
+                    headers=internal,
+                    bodies=bodies,
+                    connections=connections,
+                    seconds=args.seconds,
                 )
                 service_rows.append([name, str(connections), *fmt(result), str(result.errors)])
                 if connections == 16:

@@ -19,14 +19,13 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._load import Result, wrk
 from tests.support.gateway import (
     descendants,
     gateway_process,
@@ -41,71 +40,6 @@ from tests.support.processes import INTERNAL_TOKEN, ServiceProcess, dialogs_proc
 
 TEXT = "Neque porro quisquam est qui dolorem ipsum quia dolor sit amet"
 PAGE = 50
-
-_SCRIPT = """
-wrk.method = %(method)s
-wrk.body = %(body)s
-%(headers)s
-done = function(summary, latency, requests)
-  local errors = summary.errors.connect + summary.errors.read + summary.errors.write
-    + summary.errors.status + summary.errors.timeout
-  io.write(string.format("RESULT %%f %%f %%f %%d %%d\\n",
-    summary.requests / (summary.duration / 1e6),
-    latency:percentile(50) / 1000, latency:percentile(99) / 1000, errors, summary.requests))
-end
-"""
-
-
-@dataclass
-class Measurement:
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    errors: int
-    requests: int
-
-
-def wrk(
-    url: str,
-    method: str,
-    headers: dict[str, str],
-    body: str | None,
-    connections: int,
-    seconds: int,
-) -> Measurement:
-    header_lines = "\n".join(
-        f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()
-    )
-    script = _SCRIPT % {
-        "method": json.dumps(method),
-        "body": json.dumps(body) if body is not None else "nil",
-        "headers": header_lines,
-    }
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
-        handle.write(script)
-    try:
-        out = subprocess.run(
-            [
-                "wrk",
-                "-t1",  # one load thread: the machine's cores go to the services
-                f"-c{connections}",
-                f"-d{seconds}s",
-                "--timeout",
-                "5s",
-                "-s",
-                handle.name,
-                url,
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=seconds + 60,
-        ).stdout
-    finally:
-        os.unlink(handle.name)
-    line = next(line for line in out.splitlines() if line.startswith("RESULT "))
-    rps, p50, p99, errors, requests = line.split()[1:]
-    return Measurement(float(rps), float(p50), float(p99), int(errors), int(requests))
 
 
 def cpu_seconds(process: ServiceProcess) -> float:
@@ -193,37 +127,53 @@ def main(argv: list[str] | None = None) -> int:
                 f"{dialogs.url}/internal/v1/messages/list",
                 "POST",
                 internal,
-                json.dumps({"user_id": alice, "peer_id": bob, "limit": PAGE}),
+                [json.dumps({"user_id": alice, "peer_id": bob, "limit": PAGE})],
             ),
             ("list", "gateway"): (
                 f"{gateway.url}/dialog/{bob}/list?limit={PAGE}",
                 "GET",
                 bearer,
-                None,
+                [],
             ),
             ("send", "direct"): (
                 f"{dialogs.url}/internal/v1/messages/send",
                 "POST",
                 internal,
-                json.dumps({"from": alice, "to": bob, "text": TEXT}),
+                [json.dumps({"from": alice, "to": bob, "text": TEXT})],
             ),
             ("send", "gateway"): (
                 f"{gateway.url}/dialog/{bob}/send",
                 "POST",
                 bearer | json_type,
-                json.dumps({"text": TEXT}),
+                [json.dumps({"text": TEXT})],
             ),
         }
         # Warm both paths (connections, prepared statements, caches) before measuring.
         for url, method, headers, body in paths.values():
-            wrk(url, method, headers, body, 4, 1)
+            wrk(url, method=method, headers=headers, bodies=body, connections=4, seconds=1)
 
         rows = []
         for operation in ("list", "send"):
             for connections in concurrencies:
-                direct_result = wrk(*paths[(operation, "direct")], connections, args.seconds)
+                url, method, headers, body = paths[(operation, "direct")]
+                direct_result = wrk(
+                    url,
+                    method=method,
+                    headers=headers,
+                    bodies=body,
+                    connections=connections,
+                    seconds=args.seconds,
+                )
                 before = cpu_seconds(gateway)
-                via = wrk(*paths[(operation, "gateway")], connections, args.seconds)
+                url, method, headers, body = paths[(operation, "gateway")]
+                via = wrk(
+                    url,
+                    method=method,
+                    headers=headers,
+                    bodies=body,
+                    connections=connections,
+                    seconds=args.seconds,
+                )
                 cpu_us = (cpu_seconds(gateway) - before) / max(via.requests, 1) * 1e6
                 rows.append((operation, connections, direct_result, via, cpu_us))
                 print(f"  measured {operation} c={connections}", file=sys.stderr, flush=True)
@@ -239,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         server.destroy()
 
 
-def print_table(rows: list[tuple[str, int, Measurement, Measurement, float]], seconds: int) -> None:
+def print_table(rows: list[tuple[str, int, Result, Result, float]], seconds: int) -> None:
     print(f"\nwrk closed loop, 1 thread, {seconds} s per cell; dialogs 1 worker, gateway 1 worker")
     header = (
         "| op | conns | direct req/s | direct p50 ms | direct p99 ms | gateway req/s "
