@@ -1,0 +1,22 @@
+# dialogs-lab/citus:pg15: the systemd base + PostgreSQL at the build host's minor version +
+# the build host's Citus files, for citus_node_install_method=preinstalled in the lab.
+# python3-psycopg2 and python3-cryptography are what Ansible's postgresql and crypto modules
+# need on a node (the role installs them when missing, which needs an apt mirror).
+# Built by lab/images/build.sh, whose build context holds lib/ and extension/ (copied from
+# the host's /usr/lib/postgresql/15/lib and /usr/share/postgresql/15/extension).
+ARG BASE=dialogs-lab/debian-systemd:bookworm
+FROM ${BASE}
+
+ARG PG_MAJOR=15
+ARG PG_VERSION
+RUN test -n "$PG_VERSION" \
+ && apt-get update -qq \
+ && apt-get install -y -qq --no-install-recommends \
+      "postgresql-${PG_MAJOR}=${PG_VERSION}" "postgresql-client-${PG_MAJOR}=${PG_VERSION}" \
+      "libpq5=${PG_VERSION}" libcurl4 \
+      python3-psycopg2 python3-cryptography \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
+
+COPY lib/ /usr/lib/postgresql/${PG_MAJOR}/lib/
+COPY extension/ /usr/share/postgresql/${PG_MAJOR}/extension/
+LABEL org.dialogs-lab.postgresql="${PG_VERSION}"
