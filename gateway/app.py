@@ -219,10 +219,14 @@ def _peer(user: str, path_user_id: str) -> str:
 
 
 def _upstream_error(reply: Reply) -> HTTPResponse:
-    """A dialogs answer other than 200 (5xx never gets here: it is retried, then 503)."""
-    if reply.status in (400, 413):
-        # dialogs' body is already {message, request_id, code} with our request id.
-        return raw(reply.body, status=reply.status, content_type="application/json")
+    """A dialogs answer other than 200 (other 5xx never get here: retried, then 503)."""
+    if reply.status in (400, 413, 503):
+        # dialogs' body is already {message, request_id, code} with our request id; a 503
+        # (database unavailable for this dialog) keeps its Retry-After.
+        headers = {"Retry-After": reply.headers["retry-after"]} if reply.status == 503 else None
+        return raw(
+            reply.body, status=reply.status, headers=headers, content_type="application/json"
+        )
     body = reply.body[:200].decode(errors="replace")
     log.error(
         "unexpected answer from dialogs", extra={"fields": {"status": reply.status, "body": body}}

@@ -205,7 +205,8 @@ class Forwarder:
     async def post(self, path: str, payload: bytes, request_id: str, *, attempts: int) -> Reply:
         """POST ``payload`` to ``path`` on up to ``attempts`` different healthy instances.
 
-        Returns the first answer that is not a 5xx; raises ApiError(503) when none serves.
+        Returns the first answer that is not a 5xx, or dialogs' own 503 db_unavailable;
+        raises ApiError(503) when no instance serves.
         """
         headers = [
             (b"Content-Type", b"application/json"),
@@ -238,6 +239,12 @@ class Forwarder:
                 continue
             finally:
                 self._balancer.finished(upstream)
+            if status == 503 and b'"db_unavailable"' in body:
+                # The instance is fine; the database (or the worker holding this dialog)
+                # is not. Another instance would hit the same shard: pass the 503 on, and
+                # keep the instance in rotation for the dialogs that still work.
+                self._count(upstream, "db_unavailable")
+                return Reply(status, body, reply_headers)
             if status >= 500:
                 self._balancer.failed(upstream, f"status {status}")
                 self._count(upstream, "status_5xx")

@@ -11,7 +11,7 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 # Debian packages: PostgreSQL 15 for the pg tier, docker + debootstrap for the lab.
 ensure_system_packages() {
     local wanted=(postgresql-15 postgresql-contrib python3-venv docker.io debootstrap
-                  rsync curl ca-certificates)
+                  rsync curl jq ca-certificates)
     local missing=()
     for pkg in "${wanted[@]}"; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
@@ -41,10 +41,14 @@ ensure_venv() {
         return 0
     fi
     say "preparing the virtualenv in $VENV"
-    local python=python3
-    [ -x /usr/bin/python3 ] && python=/usr/bin/python3
-    "$python" -m venv "$VENV"
-    "$VENV/bin/pip" install -q --upgrade pip
+    # An existing venv is only updated: re-running `venv` with another interpreter would
+    # break it.
+    if [ ! -x "$VENV/bin/python" ]; then
+        local python=python3
+        [ -x /usr/bin/python3 ] && python=/usr/bin/python3
+        "$python" -m venv "$VENV"
+        "$VENV/bin/pip" install -q --upgrade pip
+    fi
     "$VENV/bin/pip" install -q -e "$REPO_ROOT[dev]"
     echo "$want" > "$stamp"
 }
