@@ -1,0 +1,134 @@
+"""The service roles (dialogs, gateway): their molecule scenarios on a systemd container
+(create, converge, idempotence, side effect, verify, destroy) and ansible-lint's
+production profile on them and on the playbooks and lab inventory that use them."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.lab.lab_support import REPO_ROOT, build_wheelhouse, run
+
+VENV_BIN = REPO_ROOT / ".venv" / "bin"
+
+
+@pytest.fixture(scope="module")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Built once for both scenarios: their idempotence runs then see the same code."""
+    return build_wheelhouse(tmp_path_factory.mktemp("wheelhouse"))
+
+
+@pytest.mark.parametrize("role", ["dialogs", "gateway"])
+def test_molecule_scenario(role: str, wheelhouse: Path, citus_image: str) -> None:
+    result = run(
+        [str(VENV_BIN / "molecule"), "test"],
+        timeout=1800,
+        env={
+            "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
+            "MOLECULE_WHEELHOUSE_DIR": str(wheelhouse),
+            "NO_COLOR": "1",
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_FORCE_COLOR": "0",
+        },
+        cwd=REPO_ROOT / "roles" / role,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-8000:]
+    # molecule's summary: every step of the sequence ran, none was skipped.
+    for action in ("converge", "idempotence", "side_effect", "verify"):
+        assert f"default > {action}: Executed: Successful" in output, action
+
+
+def test_ansible_lint_production_profile() -> None:
+    result = run(
+        [
+            str(VENV_BIN / "ansible-lint"), "--nocolor", "--profile", "production",
+            "roles/dialogs", "roles/gateway", "playbooks/services.yml", "playbooks/site.yml",
+            "inventory/lab",
+        ],
+        timeout=900,
+        env={"PATH": f"{VENV_BIN}:{os.environ['PATH']}"},
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+
+
+def test_both_roles_build_the_wheelhouse_the_same_way() -> None:
+    scripts = [REPO_ROOT / "roles" / role / "files" / "build-wheelhouse.sh" for role in
+               ("dialogs", "gateway")]  # fmt: skip
+    assert scripts[0].read_bytes() == scripts[1].read_bytes()
+
+
+_VALID: dict[str, dict[str, object]] = {
+    "dialogs": {
+        "dialogs_bind_address": "10.0.0.5",
+        "dialogs_python_version": "3.11",
+        "dialogs_database_host": "10.0.0.10",
+        "dialogs_database_password": "preflight-db-password",
+        "dialogs_internal_token": "preflight-internal-token",
+    },
+    "gateway": {
+        "gateway_upstreams": ["http://10.0.0.5:8081"],
+        "gateway_python_version": "3.11",
+        "gateway_database_host": "10.0.0.10",
+        "gateway_database_password": "preflight-db-password",
+        "gateway_internal_token": "preflight-internal-token",
+        "gateway_jwt_secret": "preflight-jwt-secret-0123456789abcdef",
+    },
+}
+
+
+_BAD_INPUT: list[tuple[str, dict[str, object], str]] = [
+    ("dialogs", {"dialogs_bind_address": "0.0.0.0"},
+     "dialogs_bind_address must be the host's private address"),
+    ("dialogs", {"dialogs_internal_token": "short"},
+     "dialogs_internal_token is missing or shorter than 16"),
+    ("dialogs", {"dialogs_instance_count": 0}, "dialogs_instance_count must be at least 1, got 0"),
+    ("dialogs", {"dialogs_extra_env": {"PATH": "/usr/bin"}},
+     "dialogs_extra_env must map DIALOGS_* names"),
+    ("gateway", {"gateway_jwt_secret": "short"},
+     "gateway_jwt_secret is missing or shorter than 32"),
+    ("gateway", {"gateway_upstreams": []},
+     "gateway_upstreams must list the dialogs instances' base URLs"),
+    ("gateway", {"gateway_upstreams": ["ftp://10.0.0.5"]}, "gateway_upstreams must list the"),
+    # Caught one step earlier, by the role's argument spec:
+    ("gateway", {"gateway_database_sslmode": "on"},
+     "value of gateway_database_sslmode must be one of: disable, allow, prefer"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("role", "bad", "message"), _BAD_INPUT)
+def test_preflight_names_the_variable_to_fix(
+    role: str, bad: dict[str, object], message: str, tmp_path: Path
+) -> None:
+    """Bad input stops the role in its first tasks (argument spec, then preflight), before
+    anything changes on the host, with a message that names the variable."""
+    variables = tmp_path / "vars.json"
+    variables.write_text(json.dumps(_VALID[role] | bad))
+    playbook = tmp_path / "play.yml"
+    playbook.write_text(
+        "- hosts: localhost\n"
+        "  connection: local\n"
+        "  gather_facts: false\n"
+        "  tasks:\n"
+        f"    - {{name: Apply the role, ansible.builtin.include_role: {{name: {role}}}}}\n"
+    )
+    result = run(
+        [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", "-e", f"@{variables}",
+         str(playbook)],
+        timeout=300,
+        env={
+            "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
+            "ANSIBLE_ROLES_PATH": str(REPO_ROOT / "roles"),
+            "ANSIBLE_NOCOLOR": "1",
+        },
+        check=False,
+    )  # fmt: skip
+    output = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode != 0
+    assert message in output
+    assert "changed=0" in output
