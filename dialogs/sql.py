@@ -4,6 +4,11 @@ Each one filters on the distribution column (``dialogs.id`` / ``dialog_messages.
 with one value, so Citus routes it to exactly one shard (``EXPLAIN`` shows ``Task Count: 1``).
 """
 
+# created_at in the page JSON, in one fixed format (UTC, microseconds always): the same as
+# store.CREATED_AT_FORMAT gives for a sent message. (Citus refuses non-immutable functions
+# such as to_char in RETURNING, so send formats in Python.)
+_CREATED_AT = """to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')"""
+
 # Stores a message. Its dialog row must exist (foreign key): see CREATE_DIALOG.
 # $1 dialog_id, $2 message id, $3 sender, $4 text, $5 client id
 SEND = """
@@ -36,7 +41,8 @@ WHERE dialog_id = $1 AND user_id = $2 AND client_message_id = $3
 # page's oldest message (the next cursor). The primary key (dialog_id, id) serves the
 # order, so a page costs the same at any depth.
 # $1 dialog_id, $2 reader, $3 peer, $4 page size[, $5 cursor: id of the previous page's last]
-_PAGE = """
+_PAGE = (
+    """
 SELECT coalesce(
            json_agg(json_build_object(
                'id', id,
@@ -44,7 +50,9 @@ SELECT coalesce(
                'from', user_id,
                'to', CASE WHEN user_id = $2 THEN $3 ELSE $2 END,
                'text', content,
-               'created_at', created_at
+               'created_at', """
+    + _CREATED_AT
+    + """
            ) ORDER BY id DESC) FILTER (WHERE position <= $4),
            '[]'
        )::text AS messages,
@@ -58,6 +66,7 @@ FROM (
     LIMIT $4::integer + 1  -- one more than asked tells whether another page exists
 ) AS page
 """
+)
 
 LIST_FIRST_PAGE = _PAGE.format(where="dialog_id = $1")
 

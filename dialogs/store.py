@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC
 from typing import Any
 
 import asyncpg
 
 from dialogs import sql
 from dialogs.ids import dialog_key, uuid7
+
+# The format sql._CREATED_AT gives in a page, so both answers show an instant alike.
+CREATED_AT_FORMAT = "%Y-%m-%dT%H:%M:%S.%f+00:00"
 
 
 @dataclass(frozen=True)
@@ -21,7 +24,7 @@ class StoredMessage:
     sender: str
     recipient: str
     text: str
-    created_at: datetime
+    created_at: str  # ISO 8601 in UTC, always with microseconds (CREATED_AT_FORMAT)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -66,8 +69,9 @@ class MessageStore:
                 )
         if row is None:  # pragma: no cover - the unique key guarantees a row
             raise RuntimeError("idempotent send found no stored message")
+        created_at = row["created_at"].astimezone(UTC).strftime(CREATED_AT_FORMAT)
         message = StoredMessage(
-            row["id"], dialog_id, str(sender), str(recipient), row["content"], row["created_at"]
+            row["id"], dialog_id, str(sender), str(recipient), row["content"], created_at
         )
         return message, replayed
 
