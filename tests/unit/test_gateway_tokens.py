@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import jwt
@@ -38,29 +39,39 @@ def now() -> int:
     return int(time.time())
 
 
-REFUSED: list[tuple[str, str, str]] = [
-    ("expired", make_token({"iat": now() - 7200, "exp": now() - 60}), "expired"),
-    ("not yet valid (nbf)", make_token({"nbf": now() + 600}), "not valid yet"),
-    ("issued in the future", make_token({"iat": now() + 600}), "not valid yet"),
-    ("wrongly signed", make_token(key="another-secret-of-enough-length-000000"), "signature"),
-    ("alg none", unsigned_token({"sub": USER, "iat": now(), "exp": now() + 600}), "algorithm"),
-    ("unknown algorithm", make_token(algorithm="HS512", key=JWT_SECRET * 2), "algorithm"),
-    ("missing sub", make_token(drop=("sub",)), "no sub claim"),
-    ("missing exp", make_token(drop=("exp",)), "no exp claim"),
-    ("missing iat", make_token(drop=("iat",)), "no iat claim"),
-    ("sub not a user id", make_token({"sub": "admin"}), "subject"),
-    ("sub not a string", make_token({"sub": 12345}), "malformed"),
-    ("audience not expected", make_token({"aud": "somebody-else"}), "audience"),
-    ("garbage", "not-a-jwt", "malformed"),
-    ("three empty parts", "..", "malformed"),
-    ("too long", "a" * 9000, "too long"),
+# Tokens are made when the test runs, not at collection: a whole-suite run collects every
+# tier first, and a token "valid in 10 minutes" would be valid by the time this tier runs.
+REFUSED: list[tuple[str, Callable[[], str], str]] = [
+    ("expired", lambda: make_token({"iat": now() - 7200, "exp": now() - 60}), "expired"),
+    ("not yet valid (nbf)", lambda: make_token({"nbf": now() + 600}), "not valid yet"),
+    ("issued in the future", lambda: make_token({"iat": now() + 600}), "not valid yet"),
+    (
+        "wrongly signed",
+        lambda: make_token(key="another-secret-of-enough-length-000000"),
+        "signature",
+    ),
+    (
+        "alg none",
+        lambda: unsigned_token({"sub": USER, "iat": now(), "exp": now() + 600}),
+        "algorithm",
+    ),
+    ("unknown algorithm", lambda: make_token(algorithm="HS512", key=JWT_SECRET * 2), "algorithm"),
+    ("missing sub", lambda: make_token(drop=("sub",)), "no sub claim"),
+    ("missing exp", lambda: make_token(drop=("exp",)), "no exp claim"),
+    ("missing iat", lambda: make_token(drop=("iat",)), "no iat claim"),
+    ("sub not a user id", lambda: make_token({"sub": "admin"}), "subject"),
+    ("sub not a string", lambda: make_token({"sub": 12345}), "malformed"),
+    ("audience not expected", lambda: make_token({"aud": "somebody-else"}), "audience"),
+    ("garbage", lambda: "not-a-jwt", "malformed"),
+    ("three empty parts", lambda: "..", "malformed"),
+    ("too long", lambda: "a" * 9000, "too long"),
 ]
 
 
 @pytest.mark.parametrize(("case", "token", "reason"), REFUSED, ids=[r[0] for r in REFUSED])
-def test_refused(service: TokenService, case: str, token: str, reason: str) -> None:
+def test_refused(service: TokenService, case: str, token: Callable[[], str], reason: str) -> None:
     with pytest.raises(TokenError, match=reason):
-        service.verify(token)
+        service.verify(token())
 
 
 def test_small_leeway_accepts_slight_clock_skew(service: TokenService) -> None:
