@@ -174,14 +174,13 @@ class Forwarder:
         connection = await origin.connection()
         reusable = False
         try:
+            # No Content-Length on a bodyless GET: Sanic would expect a body there and log
+            # "body not consumed" at error level on every probe.
+            length = [(b"Content-Length", str(len(body)).encode())] if body else []
             request = httpcore.Request(
                 method,
                 origin.url(path),
-                headers=[
-                    (b"Host", origin.host_header),
-                    (b"Content-Length", str(len(body)).encode()),
-                    *headers,
-                ],
+                headers=[(b"Host", origin.host_header), *length, *headers],
                 content=body,
                 extensions={"timeout": timeouts},
             )
