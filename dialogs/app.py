@@ -38,6 +38,7 @@ def create_app(settings: Settings) -> Sanic:
 
 async def uuids_as_text(conn: asyncpg.Connection) -> None:
     # Rows go straight into JSON: strings serialise without a Python call per value.
+    # (Timestamps come back in UTC: the pool sets the session's time zone.)
     await conn.set_type_codec("uuid", schema="pg_catalog", encoder=str, decoder=str, format="text")
 
 
@@ -50,22 +51,16 @@ async def keep_session(conn: asyncpg.Connection) -> None:
 def _install_database(app: Sanic, settings: Settings) -> None:
     @app.before_server_start
     async def open_pool(app: Sanic) -> None:
-        # min_size=0: the service starts (and reports not ready) while the database is down.
-        pool = await asyncpg.create_pool(
+        pool = await database.create_pool(
             settings.database_url,
-            min_size=0,
+            application_name="dialogs",
             max_size=settings.pool_max_size,
-            timeout=settings.connect_timeout_s,
-            command_timeout=settings.statement_timeout_ms / 1000 + 1,
-            server_settings={
-                "application_name": "dialogs",
-                "statement_timeout": str(settings.statement_timeout_ms),
-                "timezone": "UTC",  # timestamps in the JSON the database builds
-            },
+            connect_timeout_s=settings.connect_timeout_s,
+            statement_timeout_ms=settings.statement_timeout_ms,
             init=uuids_as_text,
             reset=keep_session,
         )
-        app.ctx.store = MessageStore(pool)
+        app.ctx.store = MessageStore(pool, wait_s=settings.connect_timeout_s)
         app.ctx.pool = pool
 
     @app.after_server_stop

@@ -13,7 +13,6 @@ import logging
 import uuid
 from typing import Any
 
-import asyncpg
 import orjson
 from sanic import HTTPResponse, Request, Sanic
 from sanic.response import raw
@@ -140,19 +139,14 @@ def _install_resources(app: Sanic, settings: Settings) -> None:
                 " per forwarded request (about 0.8 ms in all on a small VM); install sniffio"
             )
         observe, record = _upstream_metrics()
-        # min_size=0: the gateway starts (and serves dialogs) while the database is down.
-        app.ctx.pool = await asyncpg.create_pool(
+        app.ctx.pool = await database.create_pool(
             settings.database_url,
-            min_size=0,
+            application_name="gateway",
             max_size=settings.db_pool_max_size,
-            timeout=settings.db_connect_timeout_s,
-            command_timeout=settings.db_statement_timeout_ms / 1000 + 1,
-            server_settings={
-                "application_name": "gateway",
-                "statement_timeout": str(settings.db_statement_timeout_ms),
-            },
+            connect_timeout_s=settings.db_connect_timeout_s,
+            statement_timeout_ms=settings.db_statement_timeout_ms,
         )
-        app.ctx.users = UserStore(app.ctx.pool)
+        app.ctx.users = UserStore(app.ctx.pool, wait_s=settings.db_connect_timeout_s)
         app.ctx.passwords = Passwords(
             time_cost=settings.argon2_time_cost,
             memory_kib=settings.argon2_memory_kib,

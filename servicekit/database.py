@@ -1,9 +1,14 @@
-"""Turning database failures into answers: unreachable or overloaded means 503 with
-Retry-After (the client may try again), anything else is a logged 500."""
+"""The services' database plumbing: a pool with bounded waits everywhere, and turning
+database failures into answers (unreachable or overloaded means 503 with Retry-After, so
+the client may try again; anything else is a logged 500)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
 
 import asyncpg
 from sanic import HTTPResponse, Request, Sanic
@@ -17,6 +22,58 @@ log = logging.getLogger("servicekit.database")
 # 08 connection exception, 53 insufficient resources, 57 operator intervention (includes
 # statement timeout and shutdown), 58 system error.
 UNAVAILABLE_CLASSES = ("08", "53", "57", "58")
+
+
+# The client-side limit on a statement, beyond the server's statement_timeout: it ends
+# the wait when the server cannot even be told to stop (network silent, backend stuck).
+COMMAND_TIMEOUT_MARGIN_S = 1.0
+
+
+async def create_pool(
+    url: str,
+    *,
+    application_name: str,
+    max_size: int,
+    connect_timeout_s: float,
+    statement_timeout_ms: int,
+    init: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+    reset: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+) -> asyncpg.Pool:
+    # min_size=0: the service starts (and reports not ready) while the database is down.
+    options: dict[str, Any] = {"init": init} if init else {}
+    if reset:
+        options["reset"] = reset
+    return await asyncpg.create_pool(
+        url,
+        min_size=0,
+        max_size=max_size,
+        timeout=connect_timeout_s,
+        command_timeout=statement_timeout_ms / 1000 + COMMAND_TIMEOUT_MARGIN_S,
+        server_settings={
+            "application_name": application_name,
+            "statement_timeout": str(statement_timeout_ms),
+            "timezone": "UTC",
+        },
+        **options,
+    )
+
+
+@asynccontextmanager
+async def connection(
+    pool: asyncpg.Pool, wait_s: float
+) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
+    """A pooled connection; waiting for a free one is bounded by ``wait_s`` (TimeoutError,
+    so 503). After a statement cut short by the command timeout, asyncpg would wait for the
+    server to acknowledge the cancel before handing the connection back (up to the command
+    timeout again), and the answer with it: the connection is closed instead."""
+    conn = await pool.acquire(timeout=wait_s)
+    try:
+        yield conn
+    except (TimeoutError, asyncio.CancelledError):
+        conn.terminate()
+        raise
+    finally:
+        await pool.release(conn)
 
 
 def install_error_handlers(app: Sanic, *, store: str, retry_after_s: int) -> None:

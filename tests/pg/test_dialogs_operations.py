@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.support.dialogs_client import DialogsClient, new_user
+from tests.support.netfault import FreezableProxy
 from tests.support.postgres import PgServer
 from tests.support.processes import dialogs_process, migrate
 
@@ -56,6 +57,44 @@ def test_database_outage_gives_503_then_recovers(own_server: PgServer) -> None:
     finally:
         client.close()
         service.stop()
+
+
+def test_a_silent_network_to_the_database_gives_503_not_a_hang(
+    pg_server: PgServer, dialogs_db: str
+) -> None:
+    """The database stops answering without closing anything (a partition, or a Citus
+    coordinator stuck resolving a dead worker's name): every request still gets its answer,
+    503 once the statement timeout has passed, and nothing is half-written."""
+    proxy = FreezableProxy(pg_server.port)
+    url = dialogs_db.replace(f":{pg_server.port}/", f":{proxy.port}/")
+    service = dialogs_process(url, DIALOGS_POOL_MAX_SIZE="2").start()
+    # The service's statement timeout is 2 s; this client waits 2 s more, the margin the
+    # gateway's upstream timeout (5 s) leaves over dialogs' default statement timeout (3 s).
+    client = DialogsClient(service.url, timeout=4)
+    try:
+        alice, bob = new_user(), new_user()
+        assert client.send(alice, bob, "before").status_code == 200
+
+        proxy.freeze()
+        # More requests than pooled connections: the waiting ones must not hang either.
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda n: client.send(alice, bob, f"during {n}"), range(4)))
+        for answer in answers:
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["code"] == "db_unavailable"
+
+        proxy.thaw()
+        deadline = time.monotonic() + 15
+        while client.send(alice, bob, "after").status_code != 200:
+            assert time.monotonic() < deadline, "service did not recover"
+            time.sleep(0.2)
+        texts = [m["text"] for m in client.list(alice, bob).json()["messages"]]
+        assert texts[0] == "after" and texts[-1] == "before"
+        assert set(texts) <= {"before", "after", *(f"during {n}" for n in range(4))}
+    finally:
+        client.close()
+        service.stop()
+        proxy.close()
 
 
 def test_service_starts_while_the_database_is_down(own_server: PgServer) -> None:

@@ -11,8 +11,10 @@ from tests.support.processes import INTERNAL_TOKEN
 
 
 class DialogsClient:
-    def __init__(self, base_url: str, token: str = INTERNAL_TOKEN) -> None:
-        self.http = httpx.Client(base_url=base_url, headers={"X-Internal-Token": token}, timeout=10)
+    def __init__(self, base_url: str, token: str = INTERNAL_TOKEN, timeout: float = 10) -> None:
+        self.http = httpx.Client(
+            base_url=base_url, headers={"X-Internal-Token": token}, timeout=timeout
+        )
 
     def send(
         self, sender: str, recipient: str, text: str, client_message_id: str | None = None
