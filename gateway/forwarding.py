@@ -202,7 +202,7 @@ class Forwarder:
                 await connection.aclose()
 
     async def post(self, path: str, payload: bytes, request_id: str, *, attempts: int) -> Reply:
-        """POST ``payload`` to ``path`` on up to ``attempts`` different healthy instances.
+        """POST ``payload`` to ``path`` on up to ``attempts`` different instances.
 
         Returns the first answer that is not a 5xx, or dialogs' own 503 db_unavailable;
         raises ApiError(503) when no instance serves.
@@ -248,6 +248,8 @@ class Forwarder:
                 self._balancer.failed(upstream, f"status {status}")
                 self._count(upstream, "status_5xx")
                 continue
+            if not upstream.healthy:
+                self._balancer.recovered(upstream)  # tried while out (panic mode) and served
             self._count(upstream, "ok")
             return Reply(status, body, reply_headers)
         raise self.unavailable()

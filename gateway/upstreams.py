@@ -1,8 +1,13 @@
 """Choosing a dialogs instance: the healthy one with the fewest requests in flight.
 
 An instance that fails (connection error, timeout or 5xx) is taken out for a cool-down;
-after it the prober asks its ``/readyz`` and lets it back in on 200. Healthy instances are
-probed too, less often, so an idle gateway notices a dead instance before a client does.
+after it the prober asks its ``/readyz`` every probe interval and lets it back in on 200.
+Healthy instances are probed too, less often, so an idle gateway notices a dead instance
+before a client does.
+
+When every instance is out, requests go to them anyway, the one out longest first (Envoy
+calls this panic mode): a rolling restart or a burst of slow answers can take all instances
+out for a moment, and a 503 should come from a real attempt, not from stale bookkeeping.
 
 State is per worker process: each worker balances its own requests.
 """
@@ -53,7 +58,8 @@ class Balancer:
         self._next = 0
 
     def pick(self, exclude: Iterable[Upstream] = ()) -> Upstream | None:
-        """The healthy instance with the fewest requests in flight, not in ``exclude``.
+        """The healthy instance with the fewest requests in flight, not in ``exclude``; when
+        none is healthy, the one taken out longest ago. None when all are excluded.
 
         Ties go round-robin, so an idle gateway still spreads its requests.
         """
@@ -68,6 +74,9 @@ class Balancer:
                 continue
             if best is None or candidate.in_flight < best.in_flight:
                 best = candidate
+        if best is None:
+            out = [u for u in self.upstreams if u not in excluded]
+            best = min(out, key=lambda u: u.down_until, default=None)
         return best
 
     def any_healthy(self) -> bool:
@@ -120,8 +129,10 @@ class Balancer:
             upstream.last_probe = now
             if problem is None:
                 self.recovered(upstream)
-            else:
+            elif upstream.healthy:
                 self.failed(upstream, f"probe: {problem}")
+            # An instance already out stays out, and is asked again next round: a restart
+            # takes a second or two, and it should be back as soon as it is ready.
 
     async def probe_forever(
         self, check: Callable[[str], Awaitable[str | None]], interval_s: float

@@ -44,11 +44,15 @@ def start(
 
 
 async def call(
-    urls: list[str], path: str = "/internal/v1/messages/send", **options: float
+    urls: list[str],
+    path: str = "/internal/v1/messages/send",
+    balancer: Balancer | None = None,
+    **options: float,
 ) -> Reply:
-    balancer = Balancer(urls, cooldown_s=30)
-    for upstream in balancer.upstreams:
-        balancer.recovered(upstream)
+    if balancer is None:
+        balancer = Balancer(urls, cooldown_s=30)
+        for upstream in balancer.upstreams:
+            balancer.recovered(upstream)
     forwarder = Forwarder(
         balancer,
         internal_token=TOKEN,
@@ -122,6 +126,18 @@ def test_nobody_can_serve_means_503_with_retry_after(servers: list[FakeUpstream]
         asyncio.run(call([first.url, second.url]))
     assert (raised.value.status, raised.value.retry_after) == (503, 7)
     assert len(first.calls("/send")) == 1 and len(second.calls("/send")) == 1
+
+
+def test_when_every_instance_is_out_they_are_tried_anyway(servers: list[FakeUpstream]) -> None:
+    """Both instances were taken out (say, by a rolling restart) but one serves again before
+    its cool-down ends: the request reaches it, and it is back in rotation at once."""
+    dead, back = f"http://127.0.0.1:{free_port()}", start(servers)
+    balancer = Balancer([dead, back.url], cooldown_s=30)
+    for upstream in balancer.upstreams:
+        balancer.failed(upstream, "connect_error")
+    assert asyncio.run(call([], balancer=balancer)).status == 200
+    assert len(back.calls("/send")) == 1
+    assert [u.healthy for u in balancer.upstreams] == [False, True]
 
 
 def test_at_most_two_attempts(servers: list[FakeUpstream]) -> None:

@@ -55,11 +55,24 @@ def test_excluded_and_failed_instances_are_not_picked() -> None:
     balancer.failed(a, "connect_error")
     assert {balancer.pick() for _ in range(6)} == {b, c}
     assert {balancer.pick(exclude=[b]) for _ in range(6)} == {c}
-    assert balancer.pick(exclude=[b, c]) is None
     balancer.failed(b, "status 500")
+    assert {balancer.pick() for _ in range(6)} == {c}
+    assert not a.healthy and not b.healthy
+
+
+def test_when_all_are_out_the_one_out_longest_is_tried() -> None:
+    clock = Clock()
+    balancer = healthy_balancer(clock)
+    a, b, c = balancer.upstreams
+    balancer.failed(b, "connect_error")
+    clock.now += 1
+    balancer.failed(a, "status 500")
+    clock.now += 1
     balancer.failed(c, "timeout")
-    assert balancer.pick() is None
     assert not balancer.any_healthy()
+    assert {balancer.pick() for _ in range(6)} == {b}
+    assert balancer.pick(exclude=[b]) is a
+    assert balancer.pick(exclude=[a, b, c]) is None
 
 
 def test_failed_instance_is_probed_after_its_cool_down_only() -> None:
@@ -97,12 +110,29 @@ def test_probe_lets_ready_instances_in_and_keeps_others_out() -> None:
     asyncio.run(balancer.probe(check, 1.0))
     assert [u.healthy for u in balancer.upstreams] == [True, False, False]
     b = by_url(balancer, "http://b:1")
-    assert b.down_until == clock.now + 5
 
+    # Still out, it is asked again next round: no new cool-down for a failed probe.
+    clock.now += 1
+    assert b in balancer.due_for_probe(1.0)
     answers["http://b:1"] = None
-    clock.now += 5
     asyncio.run(balancer.probe(check, 1.0))
     assert b.healthy
+
+
+def test_a_healthy_instance_failing_its_probe_is_taken_out_for_a_cool_down() -> None:
+    clock = Clock()
+    balancer = healthy_balancer(clock)
+    a = balancer.upstreams[0]
+
+    async def check(url: str) -> str | None:
+        return "connect_error" if url == a.url else None
+
+    clock.now += HEALTHY_PROBE_EVERY
+    asyncio.run(balancer.probe(check, 1.0))
+    assert not a.healthy
+    assert a.down_until == clock.now + 5
+    clock.now += 1
+    assert a not in balancer.due_for_probe(1.0)
 
 
 def test_observer_sees_every_change() -> None:
