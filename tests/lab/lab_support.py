@@ -57,7 +57,7 @@ def run(
 
 def build_wheelhouse(output: Path) -> Path:
     """The project's wheelhouse for the lab hosts (Debian 12), as the roles build it."""
-    script = REPO_ROOT / "roles" / "dialogs" / "files" / "build-wheelhouse.sh"
+    script = REPO_ROOT / "roles" / "python_app" / "files" / "build-wheelhouse.sh"
     python = REPO_ROOT / ".venv" / "bin" / "python"
     result = run(
         [str(script), str(REPO_ROOT), str(output), str(python), "3.11", "2.36", "x86_64"],
