@@ -88,13 +88,21 @@ def wrk(
     return Result(float(rps), float(p50), float(p99), int(errors), int(requests))
 
 
-def pgbench(dsn: str, script: str, clients: int, seconds: int) -> Result:
-    """Run a pgbench custom script (prepared mode); percentiles from the per-transaction log."""
+def pgbench(
+    dsn: str, script: str, clients: int, seconds: int, variables: dict[str, str] | None = None
+) -> Result:
+    """Run a pgbench custom script (prepared mode); percentiles from the per-transaction log.
+
+    ``variables`` become ``-D name=value``: the script's ``:name`` are then bind parameters
+    of the prepared statement, the way an application driver sends them.
+    """
     require("pgbench", "postgresql-15")
     with tempfile.TemporaryDirectory() as workdir:
         script_path = Path(workdir) / "bench.sql"
         script_path.write_text(script)
         command = ["pgbench", "-n", "-M", "prepared", "-c", str(clients)]
+        for name, value in (variables or {}).items():
+            command += ["-D", f"{name}={value}"]
         command += ["-j", str(min(2, clients)), "-T", str(seconds), "-f", str(script_path)]
         command += ["-l", "--log-prefix", f"{workdir}/log", dsn]
         out = subprocess.run(
