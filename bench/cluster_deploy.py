@@ -27,6 +27,10 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from tests.support.containers import SYSTEMD_RUN_FLAGS  # noqa: E402
+
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
 STATE = REPO_ROOT / ".lab" / "bench-cluster"
 IMAGE = "dialogs-lab/citus:pg15"
@@ -53,15 +57,7 @@ def start_container(name: str) -> None:
         name,
         "--network",
         NETWORK,
-        "--cap-add",
-        "SYS_ADMIN",
-        "--cgroupns=host",
-        "-v",
-        "/sys/fs/cgroup:/sys/fs/cgroup:rw",
-        "--tmpfs",
-        "/run",
-        "--tmpfs",
-        "/run/lock",
+        *SYSTEMD_RUN_FLAGS,
         "--label",
         "org.dialogs-lab.bench=1",
         IMAGE,

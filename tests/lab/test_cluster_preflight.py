@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests.support.containers import SYSTEMD_RUN_FLAGS
+
 if TYPE_CHECKING:
     from tests.lab.conftest import LabImages
 
@@ -247,15 +249,7 @@ def bare_container(lab_images: LabImages) -> Iterator[str]:
             name,
             "--hostname",
             name,
-            "--cap-add",
-            "SYS_ADMIN",
-            "--cgroupns=host",
-            "-v",
-            "/sys/fs/cgroup:/sys/fs/cgroup:rw",
-            "--tmpfs",
-            "/run",
-            "--tmpfs",
-            "/run/lock",
+            *SYSTEMD_RUN_FLAGS,
             lab_images.base,
         ],
         check=True,
