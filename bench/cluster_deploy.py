@@ -29,7 +29,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from tests.support.containers import SYSTEMD_RUN_FLAGS  # noqa: E402
+from tests.support.containers import systemd_container  # noqa: E402
 
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
 STATE = REPO_ROOT / ".lab" / "bench-cluster"
@@ -47,21 +47,7 @@ def sh(*args: str, timeout: float = 600, check: bool = True) -> subprocess.Compl
 
 
 def start_container(name: str) -> None:
-    sh(
-        "docker",
-        "run",
-        "-d",
-        "--name",
-        name,
-        "--hostname",
-        name,
-        "--network",
-        NETWORK,
-        *SYSTEMD_RUN_FLAGS,
-        "--label",
-        "org.dialogs-lab.bench=1",
-        IMAGE,
-    )
+    sh(*systemd_container(name, IMAGE, "--network", NETWORK, "--label", "org.dialogs-lab.bench=1"))
 
 
 def wait_booted(name: str) -> None:

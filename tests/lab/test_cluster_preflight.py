@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.support.containers import SYSTEMD_RUN_FLAGS
+from tests.support.containers import systemd_container
 
 if TYPE_CHECKING:
     from tests.lab.conftest import LabImages
@@ -241,17 +241,7 @@ def bare_container(lab_images: LabImages) -> Iterator[str]:
     """A systemd container from the base image: no PostgreSQL, no Citus."""
     name = f"citus-preflight-{uuid.uuid4().hex[:8]}"
     subprocess.run(
-        [
-            "docker",
-            "run",
-            "-d",
-            "--name",
-            name,
-            "--hostname",
-            name,
-            *SYSTEMD_RUN_FLAGS,
-            lab_images.base,
-        ],
+        systemd_container(name, lab_images.base),
         check=True,
         capture_output=True,
     )

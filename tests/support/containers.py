@@ -11,3 +11,10 @@ SYSTEMD_RUN_FLAGS = [
     "--tmpfs", "/run",
     "--tmpfs", "/run/lock",
 ]  # fmt: skip
+
+
+def systemd_container(name: str, image: str, *options: str) -> list[str]:
+    """The ``docker run`` command line of a detached systemd container called ``name``
+    (also its hostname), with further ``docker run`` options before the image."""
+    return ["docker", "run", "-d", "--name", name, "--hostname", name,
+            *SYSTEMD_RUN_FLAGS, *options, image]  # fmt: skip
