@@ -51,7 +51,7 @@ async def keep_session(conn: asyncpg.Connection) -> None:
 def _install_database(app: Sanic, settings: Settings) -> None:
     @app.before_server_start
     async def open_pool(app: Sanic) -> None:
-        pool = await database.create_pool(
+        app.ctx.database = await database.Database.open(
             settings.database_url,
             application_name="dialogs",
             max_size=settings.pool_max_size,
@@ -60,12 +60,11 @@ def _install_database(app: Sanic, settings: Settings) -> None:
             init=uuids_as_text,
             reset=keep_session,
         )
-        app.ctx.store = MessageStore(pool, wait_s=settings.connect_timeout_s)
-        app.ctx.pool = pool
+        app.ctx.store = MessageStore(app.ctx.database)
 
     @app.after_server_stop
     async def close_pool(app: Sanic) -> None:
-        await app.ctx.pool.close()
+        await app.ctx.database.close()
 
     database.install_error_handlers(
         app, store="the message store", retry_after_s=settings.retry_after_s

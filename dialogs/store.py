@@ -11,7 +11,7 @@ import asyncpg
 
 from dialogs import sql
 from dialogs.ids import dialog_key, uuid7
-from servicekit import database
+from servicekit.database import Database
 
 # The format sql._CREATED_AT gives in a page, so both answers show an instant alike.
 CREATED_AT_FORMAT = "%Y-%m-%dT%H:%M:%S.%f+00:00"
@@ -45,9 +45,8 @@ class Page:
 
 
 class MessageStore:
-    def __init__(self, pool: asyncpg.Pool, *, wait_s: float) -> None:
-        self._pool = pool
-        self._wait_s = wait_s  # longest wait for a free connection
+    def __init__(self, database: Database) -> None:
+        self._database = database
 
     async def send(
         self, sender: uuid.UUID, recipient: uuid.UUID, text: str, client_message_id: str | None
@@ -55,7 +54,7 @@ class MessageStore:
         """Store a message; returns it and whether it was already stored by an earlier try."""
         dialog_id, user_id1, user_id2 = map(str, dialog_key(sender, recipient))
         args = (dialog_id, str(uuid7()), str(sender), text, client_message_id)
-        async with database.connection(self._pool, self._wait_s) as conn:
+        async with self._database.connection() as conn:
             try:
                 row = await conn.fetchrow(sql.SEND, *args)
             except asyncpg.ForeignKeyViolationError:
@@ -83,7 +82,7 @@ class MessageStore:
         """The dialog's messages, newest first, older than ``before`` when given."""
         dialog_id = str(dialog_key(reader, peer)[0])
         args = (dialog_id, str(reader), str(peer), limit)
-        async with database.connection(self._pool, self._wait_s) as conn:
+        async with self._database.connection() as conn:
             if before is None:
                 row = await conn.fetchrow(sql.LIST_FIRST_PAGE, *args)
             else:
@@ -92,5 +91,5 @@ class MessageStore:
         return Page(row["messages"], row["last_id"])
 
     async def ready(self) -> None:
-        async with database.connection(self._pool, self._wait_s) as conn:
+        async with self._database.connection() as conn:
             await conn.fetchval(sql.READY)

@@ -139,14 +139,14 @@ def _install_resources(app: Sanic, settings: Settings) -> None:
                 " per forwarded request (about 0.8 ms in all on a small VM); install sniffio"
             )
         observe, record = _upstream_metrics()
-        app.ctx.pool = await database.create_pool(
+        app.ctx.database = await database.Database.open(
             settings.database_url,
             application_name="gateway",
             max_size=settings.db_pool_max_size,
             connect_timeout_s=settings.db_connect_timeout_s,
             statement_timeout_ms=settings.db_statement_timeout_ms,
         )
-        app.ctx.users = UserStore(app.ctx.pool, wait_s=settings.db_connect_timeout_s)
+        app.ctx.users = UserStore(app.ctx.database)
         app.ctx.passwords = Passwords(
             time_cost=settings.argon2_time_cost,
             memory_kib=settings.argon2_memory_kib,
@@ -190,7 +190,7 @@ def _install_resources(app: Sanic, settings: Settings) -> None:
         app.ctx.prober.cancel()
         await asyncio.gather(app.ctx.prober, return_exceptions=True)
         await app.ctx.forwarder.aclose()
-        await app.ctx.pool.close()
+        await app.ctx.database.close()
 
 
 def _authenticate(request: Request) -> str:

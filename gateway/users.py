@@ -10,9 +10,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import date
 
-import asyncpg
-
-from servicekit import database
+from servicekit.database import Database
 
 INSERT_USER = """
 INSERT INTO users (id, password_hash, first_name, second_name, birthdate, biography, city)
@@ -36,13 +34,12 @@ class NewUser:
 
 
 class UserStore:
-    def __init__(self, pool: asyncpg.Pool, *, wait_s: float) -> None:
-        self._pool = pool
-        self._wait_s = wait_s  # longest wait for a free connection
+    def __init__(self, database: Database) -> None:
+        self._database = database
 
     async def create(self, user: NewUser, password_hash: str) -> str:
         user_id = uuid.uuid4()
-        async with database.connection(self._pool, self._wait_s) as conn:
+        async with self._database.connection() as conn:
             await conn.execute(
                 INSERT_USER,
                 user_id,
@@ -56,15 +53,15 @@ class UserStore:
         return str(user_id)
 
     async def password_hash(self, user_id: str) -> str | None:
-        async with database.connection(self._pool, self._wait_s) as conn:
+        async with self._database.connection() as conn:
             value = await conn.fetchval(PASSWORD_HASH, uuid.UUID(user_id))
         return None if value is None else str(value)
 
     async def replace_password_hash(self, user_id: str, old_hash: str, new_hash: str) -> None:
         """Store a hash made with the current parameters (only if nobody changed it meanwhile)."""
-        async with database.connection(self._pool, self._wait_s) as conn:
+        async with self._database.connection() as conn:
             await conn.execute(UPDATE_PASSWORD_HASH, uuid.UUID(user_id), new_hash, old_hash)
 
     async def ready(self) -> None:
-        async with database.connection(self._pool, self._wait_s) as conn:
+        async with self._database.connection() as conn:
             await conn.fetchval(READY)

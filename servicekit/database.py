@@ -29,51 +29,62 @@ UNAVAILABLE_CLASSES = ("08", "53", "57", "58")
 COMMAND_TIMEOUT_MARGIN_S = 1.0
 
 
-async def create_pool(
-    url: str,
-    *,
-    application_name: str,
-    max_size: int,
-    connect_timeout_s: float,
-    statement_timeout_ms: int,
-    init: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
-    reset: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
-) -> asyncpg.Pool:
-    # min_size=0: the service starts (and reports not ready) while the database is down.
-    options: dict[str, Any] = {"init": init} if init else {}
-    if reset:
-        options["reset"] = reset
-    return await asyncpg.create_pool(
-        url,
-        min_size=0,
-        max_size=max_size,
-        timeout=connect_timeout_s,
-        command_timeout=statement_timeout_ms / 1000 + COMMAND_TIMEOUT_MARGIN_S,
-        server_settings={
-            "application_name": application_name,
-            "statement_timeout": str(statement_timeout_ms),
-            "timezone": "UTC",
-        },
-        **options,
-    )
+class Database:
+    """The service's connection pool, with every wait bounded."""
 
+    def __init__(self, pool: asyncpg.Pool, *, acquire_timeout_s: float) -> None:
+        self._pool = pool
+        self._acquire_timeout_s = acquire_timeout_s
 
-@asynccontextmanager
-async def connection(
-    pool: asyncpg.Pool, wait_s: float
-) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
-    """A pooled connection; waiting for a free one is bounded by ``wait_s`` (TimeoutError,
-    so 503). After a statement cut short by the command timeout, asyncpg would wait for the
-    server to acknowledge the cancel before handing the connection back (up to the command
-    timeout again), and the answer with it: the connection is closed instead."""
-    conn = await pool.acquire(timeout=wait_s)
-    try:
-        yield conn
-    except (TimeoutError, asyncio.CancelledError):
-        conn.terminate()
-        raise
-    finally:
-        await pool.release(conn)
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        *,
+        application_name: str,
+        max_size: int,
+        connect_timeout_s: float,
+        statement_timeout_ms: int,
+        init: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+        reset: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+    ) -> Database:
+        """Waiting for a free connection is bounded like making one (``connect_timeout_s``)."""
+        # min_size=0: the service starts (and reports not ready) while the database is down.
+        options: dict[str, Any] = {"init": init} if init else {}
+        if reset:
+            options["reset"] = reset
+        pool = await asyncpg.create_pool(
+            url,
+            min_size=0,
+            max_size=max_size,
+            timeout=connect_timeout_s,
+            command_timeout=statement_timeout_ms / 1000 + COMMAND_TIMEOUT_MARGIN_S,
+            server_settings={
+                "application_name": application_name,
+                "statement_timeout": str(statement_timeout_ms),
+                "timezone": "UTC",
+            },
+            **options,
+        )
+        return cls(pool, acquire_timeout_s=connect_timeout_s)
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
+        """A pooled connection (TimeoutError, so 503, when none is free in time). After a
+        statement cut short by the command timeout, asyncpg would wait for the server to
+        acknowledge the cancel before handing the connection back (up to the command
+        timeout again), and the answer with it: the connection is closed instead."""
+        conn = await self._pool.acquire(timeout=self._acquire_timeout_s)
+        try:
+            yield conn
+        except (TimeoutError, asyncio.CancelledError):
+            conn.terminate()
+            raise
+        finally:
+            await self._pool.release(conn)
+
+    async def close(self) -> None:
+        await self._pool.close()
 
 
 def install_error_handlers(app: Sanic, *, store: str, retry_after_s: int) -> None:
