@@ -40,7 +40,7 @@ class StoredMessage:
 
 @dataclass(frozen=True)
 class Page:
-    messages_json: str  # a JSON array of messages, as built by the database
+    messages_json: str  # a JSON array of messages, each built by the database
     last_id: str | None  # id of the page's oldest message, when older ones exist
 
 
@@ -81,14 +81,16 @@ class MessageStore:
     ) -> Page:
         """The dialog's messages, newest first, older than ``before`` when given."""
         dialog_id = str(dialog_key(reader, peer)[0])
-        args = (dialog_id, str(reader), str(peer), limit)
+        # One row more than asked tells whether an older message exists.
+        args = (dialog_id, str(reader), str(peer), limit + 1)
         async with self._database.connection() as conn:
             if before is None:
-                row = await conn.fetchrow(sql.LIST_FIRST_PAGE, *args)
+                rows = await conn.fetch(sql.LIST_FIRST_PAGE, *args)
             else:
-                row = await conn.fetchrow(sql.LIST_NEXT_PAGE, *args, str(before))
-        assert row is not None  # an aggregate always returns one row
-        return Page(row["messages"], row["last_id"])
+                rows = await conn.fetch(sql.LIST_NEXT_PAGE, *args, str(before))
+        last_id = rows[limit - 1]["id"] if len(rows) > limit else None
+        messages = ",".join(row["message"] for row in rows[:limit])
+        return Page(f"[{messages}]", last_id)
 
     async def ready(self) -> None:
         async with self._database.connection() as conn:
