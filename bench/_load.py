@@ -11,6 +11,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+# A pgbench script and the values of its variables.
+Script = tuple[str, dict[str, str]]
+
 
 @dataclass
 class Result:
@@ -88,28 +91,30 @@ def wrk(
     return Result(float(rps), float(p50), float(p99), int(errors), int(requests))
 
 
-def pgbench(
-    dsn: str, script: str, clients: int, seconds: int, variables: dict[str, str] | None = None
-) -> Result:
-    """Run a pgbench custom script (prepared mode); percentiles from the per-transaction log.
+def pgbench(dsn: str, scripts: list[Script], clients: int, seconds: int) -> Result:
+    """Run pgbench custom scripts (prepared mode; each transaction picks one of ``scripts``
+    at random); percentiles from the per-transaction log.
 
-    ``variables`` become ``-D name=value``: the script's ``:name`` are then bind parameters
-    of the prepared statement, the way an application driver sends them.
+    A script's variables become ``-D name=value``: its ``:name`` are then bind parameters
+    of the prepared statement, the way an application driver sends them. They are global
+    to the run, so two scripts must not give one name different values.
     """
     require("pgbench", "postgresql-15")
     with tempfile.TemporaryDirectory() as workdir:
-        script_path = Path(workdir) / "bench.sql"
-        script_path.write_text(script)
         command = ["pgbench", "-n", "-M", "prepared", "-c", str(clients)]
-        for name, value in (variables or {}).items():
-            command += ["-D", f"{name}={value}"]
-        command += ["-j", str(min(2, clients)), "-T", str(seconds), "-f", str(script_path)]
+        for number, (text, variables) in enumerate(scripts):
+            script_path = Path(workdir) / f"script{number}.sql"
+            script_path.write_text(text)
+            command += ["-f", str(script_path)]
+            for name, value in variables.items():
+                command += ["-D", f"{name}={value}"]
+        command += ["-j", str(min(2, clients)), "-T", str(seconds)]
         command += ["-l", "--log-prefix", f"{workdir}/log", dsn]
         out = subprocess.run(
             command, capture_output=True, text=True, timeout=seconds + 60, cwd=workdir
         )
         if out.returncode != 0:
-            raise RuntimeError(f"pgbench failed:\n{out.stderr}\nscript:\n{script}")
+            raise RuntimeError(f"pgbench failed:\n{out.stderr}\nfirst script:\n{scripts[0][0]}")
         latencies: list[float] = []
         for log in Path(workdir).glob("log*"):
             for line in log.read_text().splitlines():

@@ -7,7 +7,7 @@ Prints three tables, all from one run on one machine:
   (c) the seed's way (lookup on an unindexed local `dialogs` table + ORDER BY id OFFSET)
       against ours (keyset) at depths 1,000 / 10,000 / 100,000.
 
-Usage: .venv/bin/python bench/dialogs_bench.py [--seconds 8] [--workers 2]
+Usage: .venv/bin/python bench/dialogs_bench.py [--seconds 8] [--workers 2] [--pool-size 4]
 Needs PostgreSQL 15 with Citus, wrk and pgbench; starts and removes everything itself.
 """
 
@@ -28,7 +28,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._load import Result, pgbench, table, wrk
+from bench._load import Result, Script, pgbench, table, wrk
 from dialogs import sql
 from dialogs.ids import dialog_key, uuid7
 from tests.support.citus import CitusCluster
@@ -49,17 +49,18 @@ class Inline(str):
     """An argument written into the statement as SQL, not bound (e.g. gen_random_uuid())."""
 
 
-def bound(sql_text: str, *args: str | int) -> tuple[str, dict[str, str]]:
+def bound(sql_text: str, *args: str | int, tag: str = "") -> Script:
     """One of the service's statements as a pgbench script whose ``$n`` are bind parameters,
-    as asyncpg sends them: returns the script and its variables (``-D pn=value``)."""
+    as asyncpg sends them: returns the script and its variables (``-D pn<tag>=value``; a
+    tag per script keeps the values of several scripts in one run apart)."""
     variables: dict[str, str] = {}
     for number in range(len(args), 0, -1):
         value = args[number - 1]
         if isinstance(value, Inline):
             replacement = str(value)
         else:
-            replacement = f":p{number}"
-            variables[f"p{number}"] = str(value)
+            replacement = f":p{number}{tag}"
+            variables[f"p{number}{tag}"] = str(value)
         sql_text = sql_text.replace(f"${number}", replacement)
     without_comments = re.sub(r"--[^\n]*", "", sql_text)
     # pgbench reads ":name" as a variable, also inside a string ('HH24:MI:SS'): spell those
@@ -73,7 +74,7 @@ def bound(sql_text: str, *args: str | int) -> tuple[str, dict[str, str]]:
     return " ".join(no_stray_variables.split()) + ";\n", variables
 
 
-def inlined(sql_text: str, *args: str | int) -> tuple[str, dict[str, str]]:
+def inlined(sql_text: str, *args: str | int) -> Script:
     """The same script with every value written into the statement as a constant."""
     constants = [a if isinstance(a, Inline | int) else f"'{a}'" for a in args]
     return bound(sql_text, *(Inline(str(c)) for c in constants))
@@ -138,6 +139,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=8, help="duration of each load step")
     parser.add_argument("--workers", type=int, default=2, help="dialogs worker processes")
+    # Small pools suit 2 cores shared with the database: with 16 per worker (32 backends
+    # on the coordinator, each with a connection per worker) the service served about
+    # 10% less on this machine.
+    parser.add_argument("--pool-size", type=int, default=4, help="pool size per worker")
     parser.add_argument("--concurrency", default="1,16,64", help="wrk connections per step")
     args = parser.parse_args()
     if not citus_installed():
@@ -155,7 +160,9 @@ def main() -> int:
         asyncio.run(seed_the_seeds_schema(cluster.dsn, deep_alice, deep_bob))
         cluster.sql("ANALYZE")
         service = dialogs_process(
-            cluster.dsn, DIALOGS_WORKERS=str(args.workers), DIALOGS_POOL_MAX_SIZE="16"
+            cluster.dsn,
+            DIALOGS_WORKERS=str(args.workers),
+            DIALOGS_POOL_MAX_SIZE=str(args.pool_size),
         ).start()
         dialog_id = str(dialog_key(alice, bob)[0])
 
@@ -168,25 +175,33 @@ def main() -> int:
                 client.post("/internal/v1/messages/send", content=body).raise_for_status()
 
         service_rows, ratio_rows = [], []
-        send_args = (
-            str(dialog_key(senders[0], bob)[0]),
-            Inline("gen_random_uuid()"),
-            str(senders[0]),
-            TEXT,
-            Inline("NULL"),
-        )
-        list_args = (dialog_id, str(alice), str(bob), PAGE)
+        # pgbench sends to the same 64 dialogs as the service's load: spread over the
+        # shards of both workers, which costs more than one dialog on one shard would.
+        send_args = [
+            (
+                str(dialog_key(sender, bob)[0]),
+                Inline("gen_random_uuid()"),
+                str(sender),
+                TEXT,
+                Inline("NULL"),
+            )
+            for sender in senders
+        ]
+        # The service asks for one row more than the page, to learn whether there is more.
+        list_args = (dialog_id, str(alice), str(bob), PAGE + 1)
 
-        def measure(script: tuple[str, dict[str, str]]) -> Result:
-            text, variables = script
-            return pgbench(cluster.dsn, text, PGBENCH_CLIENTS, args.seconds, variables)
+        def measure(*scripts: Script) -> Result:
+            return pgbench(cluster.dsn, list(scripts), PGBENCH_CLIENTS, args.seconds)
 
         pg = {  # op -> (values bound as parameters, values written into the statement)
             "list": (
                 measure(bound(sql.LIST_FIRST_PAGE, *list_args)),
                 measure(inlined(sql.LIST_FIRST_PAGE, *list_args)),
             ),
-            "send": (measure(bound(sql.SEND, *send_args)), measure(inlined(sql.SEND, *send_args))),
+            "send": (
+                measure(*(bound(sql.SEND, *a, tag=f"_{n}") for n, a in enumerate(send_args))),
+                measure(*(inlined(sql.SEND, *a) for a in send_args)),
+            ),
         }
         for name, path, bodies in (
             ("list", "/internal/v1/messages/list", [list_body]),
@@ -223,7 +238,7 @@ def main() -> int:
                     deep_dialog,
                     str(deep_alice),
                     str(deep_bob),
-                    PAGE,
+                    PAGE + 1,
                     deep_ids[depth - PAGE - 1],
                 )
             )
@@ -246,7 +261,8 @@ def main() -> int:
 
     print(
         f"# dialogs benchmark: {platform.node()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}, {args.workers} service workers, "
+        f"Python {platform.python_version()}, {args.workers} service workers "
+        f"(pool of {args.pool_size} each), "
         f"{args.seconds}s per step, wrk/pgbench on the same host"
     )
     print("\n(a) through the dialogs service (wrk)\n")
