@@ -65,7 +65,7 @@ async def _stored_ids(dsn: str, ids: list[str]) -> set[str]:
 @pytest.mark.xfail(
     strict=False,
     reason="known defect under investigation: failed in 2 of 5 runs on 2026-11-26 (once 1 of "
-    "60,000 acknowledged sends missing), in none of 10 runs since (docs/architecture.md)",
+    "60,000 acknowledged sends missing), in none of 19 runs since (docs/architecture.md)",
 )
 def test_rebalance_onto_a_new_worker_while_writing(
     migrated_cluster: CitusCluster, citus_service: ServiceProcess
