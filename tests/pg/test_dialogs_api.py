@@ -84,6 +84,24 @@ def test_paging_returns_each_message_once_while_new_ones_arrive(
     assert pages == 28  # ceil(1000 / 37)
 
 
+def test_a_page_that_ends_the_dialog_has_no_next_cursor(client: DialogsClient) -> None:
+    alice, bob = new_user(), new_user()
+    texts = [f"message {i}" for i in range(4)]
+    for text in texts:
+        assert client.send(alice, bob, text).status_code == 200
+
+    whole = client.list(bob, alice, limit=4).json()
+    assert [m["text"] for m in whole["messages"]] == texts[::-1]
+    assert whole["next_cursor"] is None
+
+    first = client.list(bob, alice, limit=2).json()
+    assert [m["text"] for m in first["messages"]] == ["message 3", "message 2"]
+    assert first["next_cursor"] is not None
+    last = client.list(bob, alice, limit=2, cursor=first["next_cursor"]).json()
+    assert [m["text"] for m in last["messages"]] == ["message 1", "message 0"]
+    assert last["next_cursor"] is None
+
+
 def test_repeated_client_message_id_stores_once(
     client: DialogsClient, pg_server: PgServer, dialogs_db: str
 ) -> None:
