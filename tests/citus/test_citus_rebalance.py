@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +14,7 @@ import pytest
 
 from tests.support.citus import DATABASE, CitusCluster
 from tests.support.dialogs_client import DialogsClient, new_user
+from tests.support.postgres import PgServer
 from tests.support.processes import ServiceProcess
 
 WRITERS = 3
@@ -62,6 +64,30 @@ async def _stored_ids(dsn: str, ids: list[str]) -> set[str]:
         await conn.close()
 
 
+def _log_writes(node: PgServer) -> None:
+    """Log every write and DDL with a timestamp: which placement a lost message went to,
+    and when that placement was moved or dropped, can then be read from the logs."""
+    node.psql("ALTER SYSTEM SET log_statement = 'mod'")
+    node.psql("ALTER SYSTEM SET log_line_prefix = '%m [%p] '")
+    node.psql("SELECT pg_reload_conf()")
+
+
+def _log_excerpts(cluster: CitusCluster, ids: list[str]) -> str:
+    """Each node's log lines that name one of ``ids`` (a statement's parameters follow it
+    on the next line), with the node's shard drops and subscriptions for the timeline."""
+    excerpts = []
+    for node in [cluster.coordinator, *cluster.workers]:
+        lines = node.logfile.read_text(errors="replace").splitlines()
+        wanted = [
+            n
+            for n, line in enumerate(lines)
+            if any(i in line for i in ids) or re.search(r"DROP TABLE|SUBSCRIPTION", line)
+        ]
+        picked = sorted({m for n in wanted for m in (n - 1, n) if m >= 0})
+        excerpts.append(f"--- {node.port}:\n" + "\n".join(lines[m][:400] for m in picked))
+    return "\n".join(excerpts)
+
+
 @pytest.mark.xfail(
     strict=False,
     reason="known defect under investigation: failed in 2 of 5 runs on 2026-11-26 (once 1 of "
@@ -102,10 +128,12 @@ def test_rebalance_onto_a_new_worker_while_writing(
     # for where it physically went.
     migrated_cluster.sql("ALTER SYSTEM SET citus.defer_shard_delete_interval = -1")
     migrated_cluster.sql("SELECT pg_reload_conf()")
+    for node in [migrated_cluster.coordinator, *migrated_cluster.workers]:
+        _log_writes(node)
     with ThreadPoolExecutor(WRITERS) as pool:
         futures = [pool.submit(write, w) for w in range(WRITERS)]
         time.sleep(1)
-        migrated_cluster.add_worker()
+        _log_writes(migrated_cluster.add_worker())
         job = migrated_cluster.sql("SELECT citus_rebalance_start()")
         assert job.isdigit()
         migrated_cluster.sql("SET statement_timeout = '300s'; SELECT citus_rebalance_wait()")
@@ -142,6 +170,8 @@ def test_rebalance_onto_a_new_worker_while_writing(
             ).replace("\n", " ")
             + "; cleanup records: "
             + migrated_cluster.sql("SELECT * FROM pg_dist_cleanup").replace("\n", " ")
+            + "\nthe nodes' logs:\n"
+            + _log_excerpts(migrated_cluster, list(missing))
         )
     assert distinct == len(acknowledged)
     duplicated = migrated_cluster.sql(
