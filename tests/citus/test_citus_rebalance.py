@@ -91,7 +91,7 @@ def _log_excerpts(cluster: CitusCluster, ids: list[str]) -> str:
 @pytest.mark.xfail(
     strict=False,
     reason="known defect under investigation: failed in 2 of 5 runs on 2026-11-26 (once 1 of "
-    "60,000 acknowledged sends missing), in none of 19 runs since (docs/architecture.md)",
+    "60,000 acknowledged sends missing), in 1 of about 30 runs since (docs/architecture.md)",
 )
 def test_rebalance_onto_a_new_worker_while_writing(
     migrated_cluster: CitusCluster, citus_service: ServiceProcess
