@@ -94,6 +94,14 @@ CASES: dict[str, Case] = {
         ["citus_node_install_method must be 'apt' or 'preinstalled', not 'yum'"],
         group_vars={"citus_node_install_method": "yum"},
     ),
+    "asynchronous commit": Case(
+        GOOD,
+        [
+            "citus_node_settings sets synchronous_commit to 'off'",
+            "can then lose the writes acknowledged just before it switches over",
+        ],
+        group_vars={"citus_node_settings": {"synchronous_commit": "off"}},
+    ),
     "remove_worker without a worker": Case(
         GOOD,
         ["say which worker to remove: -e citus_cluster_remove_node="],

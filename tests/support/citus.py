@@ -10,6 +10,10 @@ DATABASE = "dialogs"
 CITUS_SETTINGS = {
     "shared_preload_libraries": "'citus'",
     "wal_level": "logical",  # shard moves use logical replication
+    # Not the test servers' "off": a shard move waits for its subscription to reach the
+    # source's WAL *write* position, which an asynchronous commit may not have reached
+    # yet, and the last writes before the switch were lost (docs/architecture.md).
+    "synchronous_commit": "on",
     "max_prepared_transactions": "100",
     "max_wal_senders": "20",
     "max_replication_slots": "20",
