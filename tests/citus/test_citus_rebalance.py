@@ -43,7 +43,7 @@ def _find_anywhere(cluster: CitusCluster, ids: list[str]) -> dict[str, list[str]
     searching every shard table on every node, the metadata's and the orphaned ones."""
     found: dict[str, list[str]] = {}
     wanted = ",".join(f"'{i}'" for i in ids)
-    for node in [cluster.coordinator, *cluster.workers]:
+    for node in cluster.nodes:
         hidden = "SET citus.override_table_visibility = off; "
         tables = node.psql(
             hidden + "SELECT relname FROM pg_class "
@@ -80,7 +80,7 @@ def _log_excerpts(cluster: CitusCluster, ids: list[str]) -> str:
     """Each node's log lines that name one of ``ids`` (a statement's parameters follow it
     on the next line), with the node's shard drops and subscriptions for the timeline."""
     excerpts = []
-    for node in [cluster.coordinator, *cluster.workers]:
+    for node in cluster.nodes:
         lines = node.logfile.read_text(errors="replace").splitlines()
         wanted = [
             n
@@ -128,7 +128,7 @@ def test_rebalance_onto_a_new_worker_while_writing(
     # where it physically went.
     migrated_cluster.sql("ALTER SYSTEM SET citus.defer_shard_delete_interval = -1")
     migrated_cluster.sql("SELECT pg_reload_conf()")
-    for node in [migrated_cluster.coordinator, *migrated_cluster.workers]:
+    for node in migrated_cluster.nodes:
         _log_writes(node)
     with ThreadPoolExecutor(WRITERS) as pool:
         futures = [pool.submit(write, w) for w in range(WRITERS)]

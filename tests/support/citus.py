@@ -51,6 +51,10 @@ class CitusCluster:
         return worker
 
     @property
+    def nodes(self) -> list[PgServer]:
+        return [self.coordinator, *self.workers]
+
+    @property
     def dsn(self) -> str:
         return self.coordinator.dsn_for(DATABASE)
 
