@@ -7,7 +7,8 @@ Prints three tables, all from one run on one machine:
   (c) the seed's way (lookup on an unindexed local `dialogs` table + ORDER BY id OFFSET)
       against ours (keyset) at depths 1,000 / 10,000 / 100,000.
 
-Usage: .venv/bin/python bench/dialogs_bench.py [--seconds 8] [--workers 2] [--pool-size 4]
+Usage: .venv/bin/python bench/dialogs_bench.py [--seconds 8] [--rounds 3] [--workers 2]
+                                                [--pool-size 4]
 Needs PostgreSQL 15 with Citus, wrk and pgbench; starts and removes everything itself.
 """
 
@@ -21,7 +22,9 @@ import platform
 import re
 import sys
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from statistics import median
 
 import asyncpg
 import httpx
@@ -135,6 +138,36 @@ def fmt(result: Result) -> list[str]:
     return [f"{result.rps:,.0f}", f"{result.p50_ms:.2f}", f"{result.p99_ms:.2f}"]
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """One round of table (b): pgbench (values bound, values written in), then the service."""
+
+    pgbench_bound: Result
+    pgbench_inlined: Result
+    service: Result
+
+    @property
+    def ratio(self) -> float:
+        return self.service.rps / self.pgbench_bound.rps
+
+    @property
+    def ratio_inlined(self) -> float:
+        return self.service.rps / self.pgbench_inlined.rps
+
+
+def comparison_row(op: str, rounds: list[Comparison]) -> list[str]:
+    """Medians over the rounds; the ratio also with its lowest and highest round."""
+    ratios = [r.ratio for r in rounds]
+    return [
+        op,
+        f"{median(r.pgbench_bound.rps for r in rounds):,.0f}",
+        f"{median(r.pgbench_inlined.rps for r in rounds):,.0f}",
+        f"{median(r.service.rps for r in rounds):,.0f}",
+        f"{median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})",
+        f"{median(r.ratio_inlined for r in rounds):.2f}",
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=8, help="duration of each load step")
@@ -144,6 +177,7 @@ def main() -> int:
     # 10% less on this machine.
     parser.add_argument("--pool-size", type=int, default=4, help="pool size per worker")
     parser.add_argument("--concurrency", default="1,16,64", help="wrk connections per step")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of table (b)")
     args = parser.parse_args()
     if not citus_installed():
         raise SystemExit("citus extension not installed: this benchmark needs a Citus cluster")
@@ -174,7 +208,6 @@ def main() -> int:
             for body in send_bodies:  # create the dialogs first: measure the steady state
                 client.post("/internal/v1/messages/send", content=body).raise_for_status()
 
-        service_rows, ratio_rows = [], []
         # pgbench sends to the same 64 dialogs as the service's load: spread over the
         # shards of both workers, which costs more than one dialog on one shard would.
         send_args = [
@@ -193,41 +226,52 @@ def main() -> int:
         def measure(*scripts: Script) -> Result:
             return pgbench(cluster.dsn, list(scripts), PGBENCH_CLIENTS, args.seconds)
 
-        pg = {  # op -> (values bound as parameters, values written into the statement)
+        pgbench_scripts = {  # op -> (values bound as parameters, values written in the SQL)
             "list": (
-                measure(bound(sql.LIST_FIRST_PAGE, *list_args)),
-                measure(inlined(sql.LIST_FIRST_PAGE, *list_args)),
+                [bound(sql.LIST_FIRST_PAGE, *list_args)],
+                [inlined(sql.LIST_FIRST_PAGE, *list_args)],
             ),
             "send": (
-                measure(*(bound(sql.SEND, *a, tag=f"_{n}") for n, a in enumerate(send_args))),
-                measure(*(inlined(sql.SEND, *a) for a in send_args)),
+                [bound(sql.SEND, *a, tag=f"_{n}") for n, a in enumerate(send_args)],
+                [inlined(sql.SEND, *a) for a in send_args],
             ),
         }
-        for name, path, bodies in (
-            ("list", "/internal/v1/messages/list", [list_body]),
-            ("send", "/internal/v1/messages/send", send_bodies),
-        ):
-            for connections in concurrencies:
-                result = wrk(
-                    service.url + path,
-                    headers=internal,
-                    bodies=bodies,
-                    connections=connections,
-                    seconds=args.seconds,
-                )
-                service_rows.append([name, str(connections), *fmt(result), str(result.errors)])
-                if connections == 16:
-                    with_params, with_values = pg[name]
-                    ratio_rows.append(
-                        [
-                            name,
-                            *fmt(with_params),
-                            f"{with_values.rps:,.0f}",
-                            f"{result.rps:,.0f}",
-                            f"{result.rps / with_params.rps:.2f}",
-                            f"{result.rps / with_values.rps:.2f}",
-                        ]
+        requests = {  # op -> (path, bodies)
+            "list": ("/internal/v1/messages/list", [list_body]),
+            "send": ("/internal/v1/messages/send", send_bodies),
+        }
+
+        def through_service(op: str, connections: int) -> Result:
+            path, bodies = requests[op]
+            return wrk(
+                service.url + path,
+                headers=internal,
+                bodies=bodies,
+                connections=connections,
+                seconds=args.seconds,
+            )
+
+        service_rows = [
+            [op, str(connections), *fmt(result), str(result.errors)]
+            for op in requests
+            for connections in concurrencies
+            for result in [through_service(op, connections)]
+        ]
+
+        # pgbench and the service take turns, round after round, so that the machine's drift
+        # (caches, WAL, autovacuum) falls on both sides alike. Each ratio compares one
+        # round's neighbouring measurements; the table gives the median and the range.
+        rounds: dict[str, list[Comparison]] = {op: [] for op in requests}
+        for _ in range(args.rounds):
+            for op, (with_params, with_values) in pgbench_scripts.items():
+                rounds[op].append(
+                    Comparison(
+                        measure(*with_params),
+                        measure(*with_values),
+                        through_service(op, PGBENCH_CLIENTS),
                     )
+                )
+        ratio_rows = [comparison_row(op, comparisons) for op, comparisons in rounds.items()]
 
         depth_rows = []
         deep_dialog = str(dialog_key(deep_alice, deep_bob)[0])
@@ -268,16 +312,16 @@ def main() -> int:
     print("\n(a) through the dialogs service (wrk)\n")
     print(table(["op", "conns", "req/s", "p50 ms", "p99 ms", "errors"], service_rows))
     print(
-        "\n(b) pgbench, same SQL on the coordinator, 16 clients, vs the service at 16: with the"
-        "\n    values bound as parameters (as the service sends them) and written into the SQL\n"
+        f"\n(b) the service at {PGBENCH_CLIENTS} connections vs pgbench running the same SQL on"
+        f"\n    the coordinator ({PGBENCH_CLIENTS} clients), values bound as parameters (as the"
+        "\n    service sends them) or written into the SQL; they take turns for"
+        f" {args.rounds} rounds:\n    medians, and the ratio's lowest and highest round\n"
     )
     print(
         table(
             [
                 "op",
                 "pgbench tps",
-                "p50 ms",
-                "p99 ms",
                 "tps, values in SQL",
                 "service req/s",
                 "service/pgbench",
