@@ -251,12 +251,11 @@ def main() -> int:
                 seconds=args.seconds,
             )
 
-        service_rows = [
-            [op, str(connections), *fmt(result), str(result.errors)]
-            for op in requests
-            for connections in concurrencies
-            for result in [through_service(op, connections)]
-        ]
+        service_rows = []
+        for op in requests:
+            for connections in concurrencies:
+                result = through_service(op, connections)
+                service_rows.append([op, str(connections), *fmt(result), str(result.errors)])
 
         # pgbench and the service take turns, round after round, so that the machine's drift
         # (caches, WAL, autovacuum) falls on both sides alike. Each ratio compares one
