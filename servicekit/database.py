@@ -24,17 +24,21 @@ log = logging.getLogger("servicekit.database")
 UNAVAILABLE_CLASSES = ("08", "53", "57", "58")
 
 
-# The client-side limit on a statement, beyond the server's statement_timeout: it ends
-# the wait when the server cannot even be told to stop (network silent, backend stuck).
-COMMAND_TIMEOUT_MARGIN_S = 1.0
+# The client-side limit on a request's statements, beyond the server's statement_timeout:
+# it ends the wait when the server cannot even be told to stop (network silent, backend
+# stuck).
+STATEMENTS_TIMEOUT_MARGIN_S = 1.0
 
 
 class Database:
     """The service's connection pool, with every wait bounded."""
 
-    def __init__(self, pool: asyncpg.Pool, *, acquire_timeout_s: float) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, *, acquire_timeout_s: float, statements_timeout_s: float
+    ) -> None:
         self._pool = pool
         self._acquire_timeout_s = acquire_timeout_s
+        self._statements_timeout_s = statements_timeout_s
 
     @classmethod
     async def open(
@@ -48,7 +52,8 @@ class Database:
         init: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
         reset: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
     ) -> Database:
-        """Waiting for a free connection is bounded like making one (``connect_timeout_s``)."""
+        """Waiting for a free connection is bounded like making one (``connect_timeout_s``);
+        a request's statements together by ``statement_timeout_ms`` and a margin."""
         # min_size=0: the service starts (and reports not ready) while the database is down.
         options: dict[str, Any] = {"init": init} if init else {}
         if reset:
@@ -58,7 +63,6 @@ class Database:
             min_size=0,
             max_size=max_size,
             timeout=connect_timeout_s,
-            command_timeout=statement_timeout_ms / 1000 + COMMAND_TIMEOUT_MARGIN_S,
             server_settings={
                 "application_name": application_name,
                 "statement_timeout": str(statement_timeout_ms),
@@ -66,22 +70,30 @@ class Database:
             },
             **options,
         )
-        return cls(pool, acquire_timeout_s=connect_timeout_s)
+        return cls(
+            pool,
+            acquire_timeout_s=connect_timeout_s,
+            statements_timeout_s=statement_timeout_ms / 1000 + STATEMENTS_TIMEOUT_MARGIN_S,
+        )
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
-        """A pooled connection (TimeoutError, so 503, when none is free in time). After a
-        statement cut short by the command timeout, asyncpg would wait for the server to
-        acknowledge the cancel before handing the connection back (up to the command
-        timeout again), and the answer with it: the connection is closed instead."""
-        conn = await self._pool.acquire(timeout=self._acquire_timeout_s)
-        try:
-            yield conn
-        except (TimeoutError, asyncio.CancelledError):
-            conn.terminate()
-            raise
-        finally:
-            await self._pool.release(conn)
+        """A pooled connection, and one deadline for the request's use of it: first for a
+        free connection, then for the statements run on it. Past it: TimeoutError, so 503.
+        (One timer per request: asyncpg's own acquire and command timeouts cost a task and
+        a timer per call.) A statement cut short leaves its connection waiting for the
+        server to acknowledge the cancel, and the answer with it: it is closed instead."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self._acquire_timeout_s) as deadline:
+            conn = await self._pool.acquire()
+            deadline.reschedule(loop.time() + self._statements_timeout_s)
+            try:
+                yield conn
+            except asyncio.CancelledError:  # the deadline passed, or the request was dropped
+                conn.terminate()
+                raise
+            finally:
+                await self._pool.release(conn)
 
     async def close(self) -> None:
         await self._pool.close()
