@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         with httpx.Client(base_url=dialogs.url, headers=internal, timeout=10) as direct:
             for i in range(args.dialog_size):
                 sender, recipient = (alice, bob) if i % 2 else (bob, alice)
-                body = {"from": sender, "to": recipient, "text": f"{TEXT} {i}"}
-                assert direct.post("/internal/v1/messages/send", json=body).status_code == 200
+                message = {"from": sender, "to": recipient, "text": f"{TEXT} {i}"}
+                assert direct.post("/internal/v1/messages/send", json=message).status_code == 200
 
         json_type = {"Content-Type": "application/json"}
         paths = {
