@@ -48,8 +48,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(getattr(pytest.mark, tier))
         if tier not in reasons:
             reasons[tier] = _missing(tier)
-        if reasons[tier]:
-            item.add_marker(pytest.mark.skip(reason=reasons[tier]))
+        reason = reasons[tier]
+        if reason:
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture(scope="session")

@@ -100,14 +100,14 @@ def test_every_statement_the_service_runs_is_single_shard(
         assert "Task Count: 1\n" in plan + "\n", f"fans out:\n{query}\n{plan}"
     # The service's data statements were all captured and checked (not copied by hand).
     seen = {_normalise(q) for q in distributed}
-    statements = (
+    service_statements = (
         sql.SEND,
         sql.CREATE_DIALOG,
         sql.FIND_BY_CLIENT_ID,
         sql.LIST_FIRST_PAGE,
         sql.LIST_NEXT_PAGE,
     )
-    for statement in statements:
+    for statement in service_statements:
         assert _normalise(statement) in seen, statement
     # Anything else the service ran touched no distributed table (e.g. SELECT 1).
     for query in plans:

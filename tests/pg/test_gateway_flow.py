@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -214,8 +215,11 @@ def test_unknown_user_and_wrong_password_get_the_same_answer(api: httpx.Client) 
     unknown = api.post("/login", json={"id": str(uuid.uuid4()), "password": PASSWORD})
     wrong = api.post("/login", json={"id": user, "password": "not the password"})
     assert unknown.status_code == wrong.status_code == 404
-    strip = lambda r: {k: v for k, v in r.json().items() if k != "request_id"}  # noqa: E731
-    assert strip(unknown) == strip(wrong)
+
+    def without_request_id(response: httpx.Response) -> dict[str, Any]:
+        return {k: v for k, v in response.json().items() if k != "request_id"}
+
+    assert without_request_id(unknown) == without_request_id(wrong)
     assert set(unknown.headers) - {"date"} == set(wrong.headers) - {"date"}
 
 

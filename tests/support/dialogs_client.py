@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import uuid
 from typing import Any
 
@@ -29,9 +30,10 @@ class DialogsClient:
             "/internal/v1/messages/list", json={"user_id": user, "peer_id": peer} | page
         )
 
-    def all_messages(self, user: str, peer: str, limit: int = 100) -> list[dict[str, Any]]:
+    # builtins.list: inside this class, "list" is the method above.
+    def all_messages(self, user: str, peer: str, limit: int = 100) -> builtins.list[dict[str, Any]]:
         """Every message of the dialog, following cursors to the end."""
-        messages: list[dict[str, Any]] = []
+        messages: builtins.list[dict[str, Any]] = []
         cursor = None
         while True:
             page = {"limit": limit} | ({"cursor": cursor} if cursor else {})
