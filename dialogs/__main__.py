@@ -1,6 +1,6 @@
 """Command line: ``dialogs serve`` runs the service, ``dialogs migrate`` creates the schema.
 
-Both read their settings from DIALOGS_* environment variables (see docs/configuration.md).
+Both read their settings from DIALOGS_* environment variables (see docs/dialogs.md).
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8081
     workers: int = 1
-    pool_min_size: int = 1
     pool_max_size: int = 10
     max_text_length: int = 4096
     max_body_bytes: int = 64 * 1024
@@ -36,10 +35,7 @@ class Settings:
         token = env.text("DIALOGS_INTERNAL_TOKEN", secret=True)
         if len(token) < 16:
             raise ConfigError("DIALOGS_INTERNAL_TOKEN must be at least 16 characters")
-        pool_min = env.integer("DIALOGS_POOL_MIN_SIZE", 1, minimum=0, maximum=200)
         pool_max = env.integer("DIALOGS_POOL_MAX_SIZE", 10, minimum=1, maximum=200)
-        if pool_min > pool_max:
-            raise ConfigError("DIALOGS_POOL_MIN_SIZE must not exceed DIALOGS_POOL_MAX_SIZE")
         log_level = env.text("DIALOGS_LOG_LEVEL", "INFO").upper()
         if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError("DIALOGS_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
@@ -49,7 +45,6 @@ class Settings:
             host=env.text("DIALOGS_HOST", "127.0.0.1"),
             port=env.integer("DIALOGS_PORT", 8081, minimum=1, maximum=65535),
             workers=env.integer("DIALOGS_WORKERS", 1, minimum=1, maximum=64),
-            pool_min_size=pool_min,
             pool_max_size=pool_max,
             max_text_length=env.integer(
                 "DIALOGS_MAX_TEXT_LENGTH", 4096, minimum=1, maximum=MAX_TEXT_LENGTH_CEILING

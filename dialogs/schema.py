@@ -1,4 +1,4 @@
-"""The dialogs schema (see docs/design.md for why each piece is there)."""
+"""The dialogs schema (see docs/architecture.md for why each piece is there)."""
 
 from dialogs.config import MAX_TEXT_LENGTH_CEILING
 from servicekit.migrate import Distribution, Migration

@@ -21,8 +21,6 @@ PASSWORD_HASH = "SELECT password_hash FROM users WHERE id = $1"
 
 UPDATE_PASSWORD_HASH = "UPDATE users SET password_hash = $2 WHERE id = $1 AND password_hash = $3"
 
-READY = "SELECT 1"
-
 
 @dataclass(frozen=True)
 class NewUser:
@@ -61,7 +59,3 @@ class UserStore:
         """Store a hash made with the current parameters (only if nobody changed it meanwhile)."""
         async with self._database.connection() as conn:
             await conn.execute(UPDATE_PASSWORD_HASH, uuid.UUID(user_id), new_hash, old_hash)
-
-    async def ready(self) -> None:
-        async with self._database.connection() as conn:
-            await conn.fetchval(READY)

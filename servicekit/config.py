@@ -48,17 +48,6 @@ class Env:
             raise ConfigError(f"{name} must be between {minimum} and {maximum}, got {value}")
         return value
 
-    def flag(self, name: str, default: bool) -> bool:
-        raw = self._environ.get(name)
-        if raw is None or raw == "":
-            return default
-        lowered = raw.strip().lower()
-        if lowered in {"1", "true", "yes", "on"}:
-            return True
-        if lowered in {"0", "false", "no", "off"}:
-            return False
-        raise ConfigError(f"{name} must be true or false, got {raw!r}")
-
     def items(self, name: str) -> list[str]:
         raw = self.text(name)
         items = [item.strip() for item in raw.split(",") if item.strip()]

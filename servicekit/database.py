@@ -55,6 +55,8 @@ class Database:
         """Waiting for a free connection is bounded like making one (``connect_timeout_s``);
         a request's statements together by ``statement_timeout_ms`` and a margin."""
         # min_size=0: the service starts (and reports not ready) while the database is down.
+        # (asyncpg opens min_size connections before it returns the pool, init_size being at
+        # least min_size, and fails when the database is down: so no minimum is offered.)
         options: dict[str, Any] = {"init": init} if init else {}
         if reset:
             options["reset"] = reset
