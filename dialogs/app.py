@@ -7,20 +7,17 @@ import logging
 import uuid
 
 import asyncpg
-import orjson
 from sanic import HTTPResponse, Request, Sanic
 from sanic.response import raw
 
 from dialogs import cursor, payloads
 from dialogs.config import Settings
 from dialogs.store import MessageStore
-from servicekit import database, http, metrics
+from servicekit import contract, database, http, metrics
 from servicekit.http import ApiError, json_response
 from servicekit.logs import log_config
 
 log = logging.getLogger("dialogs")
-
-INTERNAL_TOKEN_HEADER = "X-Internal-Token"
 
 
 def create_app(settings: Settings) -> Sanic:
@@ -78,30 +75,41 @@ def _install_routes(app: Sanic, settings: Settings) -> None:
     async def require_internal_token(request: Request) -> None:
         if not request.path.startswith("/internal/"):
             return
-        given = request.headers.get(INTERNAL_TOKEN_HEADER, "").encode()
+        given = request.headers.get(contract.INTERNAL_TOKEN_HEADER, "").encode()
         if not hmac.compare_digest(given, expected_token):
-            raise ApiError(401, "missing or wrong internal credential", "unauthorized")
+            raise ApiError(401, "missing or wrong internal credential", contract.UNAUTHORIZED)
 
-    @app.post("/internal/v1/messages/send", name="send")
+    replayed_headers = {contract.REPLAYED_HEADER: "true"}
+
+    @app.post(contract.SEND_PATH, name="send")
     async def send(request: Request) -> HTTPResponse:
         body = payloads.parse_send(request.body, settings.max_text_length)
         message, replayed = await request.app.ctx.store.send(
             body.sender, body.recipient, body.text, body.client_message_id
         )
-        headers = {"Idempotent-Replayed": "true"} if replayed else None
-        return json_response(message.to_json(), headers=headers)
+        if not replayed:
+            return json_response(message.to_json())
+        if message.text != body.text:
+            raise ApiError(
+                409,
+                "Idempotency-Key (client_message_id) was already used for another message"
+                " in this dialog",
+                contract.IDEMPOTENCY_CONFLICT,
+            )
+        return json_response(message.to_json(), headers=replayed_headers)
 
-    @app.post("/internal/v1/messages/list", name="list")
+    @app.post(contract.LIST_PATH, name="list")
     async def list_messages(request: Request) -> HTTPResponse:
         body = payloads.parse_list(request.body)
         page = await request.app.ctx.store.page(body.user, body.peer, body.limit, body.before)
-        next_cursor = cursor.encode(uuid.UUID(page.last_id)) if page.last_id else None
-        # The page arrives as JSON text from the database: wrap it, don't re-encode it.
-        payload = b'{"messages":%s,"next_cursor":%s}' % (
-            page.messages_json.encode(),
-            orjson.dumps(next_cursor),
+        # The page arrives as JSON text from the database: the answer is that text, as the
+        # public API gives it (the gateway relays it as is).
+        headers = (
+            {contract.NEXT_CURSOR_HEADER: cursor.encode(uuid.UUID(page.last_id))}
+            if page.last_id
+            else None
         )
-        return raw(payload, content_type="application/json")
+        return raw(page.messages_json.encode(), headers=headers, content_type="application/json")
 
     @app.get("/healthz", name="healthz")
     async def healthz(request: Request) -> HTTPResponse:

@@ -14,13 +14,13 @@ from typing import Any
 import orjson
 
 from dialogs import cursor as cursor_codec
+from servicekit.contract import DEFAULT_PAGE_SIZE, MAX_CLIENT_MESSAGE_ID_LENGTH, MAX_PAGE_SIZE
 from servicekit.http import bad_request
 
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 100
-MAX_CLIENT_ID_LENGTH = 128
+__all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE"]
 _CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
-_CLIENT_ID = re.compile(r"[\x21-\x7e]{1,128}")  # printable ASCII, no spaces
+# Printable ASCII, no spaces.
+_CLIENT_ID = re.compile(rf"[\x21-\x7e]{{1,{MAX_CLIENT_MESSAGE_ID_LENGTH}}}")
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,8 @@ def client_message_id(value: Any) -> str | None:
         return None
     if not isinstance(value, str) or not _CLIENT_ID.fullmatch(value):
         raise bad_request(
-            f"client_message_id must be 1 to {MAX_CLIENT_ID_LENGTH} printable ASCII characters"
+            f"client_message_id must be 1 to {MAX_CLIENT_MESSAGE_ID_LENGTH}"
+            " printable ASCII characters"
         )
     return value
 

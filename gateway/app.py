@@ -25,17 +25,18 @@ from gateway.throttle import LoginThrottle
 from gateway.tokens import MissingToken, SigningUnavailable, TokenError, TokenService, bearer_token
 from gateway.upstreams import Balancer, Upstream
 from gateway.users import UserStore
-from servicekit import database, http, metrics
+from servicekit import contract, database, http, metrics
 from servicekit.http import ApiError, json_response
 from servicekit.logs import log_config
 
 log = logging.getLogger("gateway")
 
-SEND_PATH = "/internal/v1/messages/send"
-LIST_PATH = "/internal/v1/messages/list"
-NEXT_CURSOR_HEADER = "X-Next-Cursor"
-REPLAYED_HEADER = "Idempotent-Replayed"
 REALM = "dialogs"
+JSON = "application/json"
+# Header names as the forwarder's replies give them (lower case).
+REPLAYED = contract.REPLAYED_HEADER.lower()
+NEXT_CURSOR = contract.NEXT_CURSOR_HEADER.lower()
+REPLAYED_HEADERS = {contract.REPLAYED_HEADER: "true"}
 # list: retried once on another instance. send: the same, made safe by its client message id.
 ATTEMPTS = 2
 
@@ -214,7 +215,7 @@ def _peer(user: str, path_user_id: str) -> str:
 
 def _upstream_error(reply: Reply) -> HTTPResponse:
     """A dialogs answer other than 200 (other 5xx never get here: retried, then 503)."""
-    if reply.status in (400, 413, 503):
+    if reply.status in contract.RELAYED_STATUSES:
         # dialogs' body is already {message, request_id, code} with our request id; a 503
         # (database unavailable for this dialog) keeps its Retry-After.
         headers = {"Retry-After": reply.headers["retry-after"]} if reply.status == 503 else None
@@ -282,20 +283,13 @@ def _install_routes(app: Sanic, settings: Settings) -> None:
             {"from": user, "to": peer, "text": text, "client_message_id": client_message_id}
         )
         reply = await request.app.ctx.forwarder.post(
-            SEND_PATH, payload, http.request_id(request), attempts=ATTEMPTS
+            contract.SEND_PATH, payload, http.request_id(request), attempts=ATTEMPTS
         )
         if reply.status != 200:
-            return _upstream_error(reply)
-        headers = None
-        if given_key is not None and reply.headers.get(REPLAYED_HEADER.lower()) == "true":
-            if orjson.loads(reply.body).get("text") != text:
-                raise ApiError(
-                    409,
-                    "Idempotency-Key was already used for another message in this dialog",
-                    "idempotency_conflict",
-                )
-            headers = {REPLAYED_HEADER: "true"}
-        return raw(reply.body, headers=headers, content_type="application/json")
+            return _upstream_error(reply)  # a reused key with another text: dialogs' 409
+        # A replay of the gateway's own key (its retry) is no news to the client.
+        replayed = given_key is not None and reply.headers.get(REPLAYED) == "true"
+        return raw(reply.body, headers=REPLAYED_HEADERS if replayed else None, content_type=JSON)
 
     @app.get("/dialog/<user_id:str>/list", name="list")
     async def list_messages(request: Request, user_id: str) -> HTTPResponse:
@@ -306,16 +300,14 @@ def _install_routes(app: Sanic, settings: Settings) -> None:
         if page.cursor is not None:
             query["cursor"] = page.cursor
         reply = await request.app.ctx.forwarder.post(
-            LIST_PATH, orjson.dumps(query), http.request_id(request), attempts=ATTEMPTS
+            contract.LIST_PATH, orjson.dumps(query), http.request_id(request), attempts=ATTEMPTS
         )
         if reply.status != 200:
             return _upstream_error(reply)
-        result = orjson.loads(reply.body)
-        next_cursor = result.get("next_cursor")
-        headers = {NEXT_CURSOR_HEADER: next_cursor} if next_cursor else None
-        return raw(
-            orjson.dumps(result["messages"]), headers=headers, content_type="application/json"
-        )
+        # dialogs' page is the public answer already: relayed as bytes.
+        next_cursor = reply.headers.get(NEXT_CURSOR)
+        headers = {contract.NEXT_CURSOR_HEADER: next_cursor} if next_cursor else None
+        return raw(reply.body, headers=headers, content_type=JSON)
 
     @app.get("/healthz", name="healthz")
     async def healthz(request: Request) -> HTTPResponse:

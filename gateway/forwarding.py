@@ -30,14 +30,18 @@ from urllib.parse import urlsplit
 import httpcore
 
 from gateway.upstreams import Balancer, Upstream
-from servicekit.http import REQUEST_ID_HEADER, ApiError
+from servicekit import contract
+from servicekit.contract import INTERNAL_TOKEN_HEADER, REQUEST_ID_HEADER
+from servicekit.http import ApiError
 
 log = logging.getLogger("gateway.forwarding")
 
-INTERNAL_TOKEN_HEADER = "X-Internal-Token"
+__all__ = ["INTERNAL_TOKEN_HEADER", "Forwarder", "Reply"]
 # An idle connection is dropped after this long, well before servers close theirs
 # (Sanic: 120 s), so a reused connection is not one the server is about to close.
 KEEPALIVE_EXPIRY_S = 5.0
+
+DB_UNAVAILABLE_CODE = b'"%s"' % contract.DB_UNAVAILABLE.encode()
 
 # outcome of one attempt: ok, status_5xx, connect_error, timeout, protocol_error
 Recorder = Callable[[str, str], None]
@@ -238,7 +242,7 @@ class Forwarder:
                 continue
             finally:
                 self._balancer.finished(upstream)
-            if status == 503 and b'"db_unavailable"' in body:
+            if status == 503 and DB_UNAVAILABLE_CODE in body:
                 # The instance is fine; the database (or the worker holding this dialog)
                 # is not. Another instance would hit the same shard: pass the 503 on, and
                 # keep the instance in rotation for the dialogs that still work.

@@ -18,15 +18,15 @@ from sanic import Request
 from gateway.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from gateway.tokens import CANONICAL_UUID
 from gateway.users import NewUser
+from servicekit.contract import DEFAULT_PAGE_SIZE, MAX_CLIENT_MESSAGE_ID_LENGTH, MAX_PAGE_SIZE
 from servicekit.http import ApiError, bad_request
 
 MAX_NAME_LENGTH = 100
 MAX_BIOGRAPHY_LENGTH = 4000
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 100
 MAX_CURSOR_LENGTH = 64
 _CURSOR = re.compile(r"[A-Za-z0-9_-]+")
-_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")  # printable ASCII, no spaces
+# Printable ASCII, no spaces: it becomes the client message id.
+_IDEMPOTENCY_KEY = re.compile(rf"[\x21-\x7e]{{1,{MAX_CLIENT_MESSAGE_ID_LENGTH}}}")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
@@ -140,7 +140,10 @@ def idempotency_key(request: Request) -> str | None:
     if value is None:
         return None
     if not _IDEMPOTENCY_KEY.fullmatch(value):
-        raise bad_request("Idempotency-Key must be 1 to 128 printable ASCII characters")
+        raise bad_request(
+            f"Idempotency-Key must be 1 to {MAX_CLIENT_MESSAGE_ID_LENGTH}"
+            " printable ASCII characters"
+        )
     return value
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 from sanic import HTTPResponse, Request, Sanic
 
-from servicekit import http
+from servicekit import contract, http
 from servicekit.http import ApiError
 
 log = logging.getLogger("servicekit.database")
@@ -109,7 +109,7 @@ def install_error_handlers(app: Sanic, *, store: str, retry_after_s: int) -> Non
         return ApiError(
             503,
             f"{store} is unavailable, try again later",
-            "db_unavailable",
+            contract.DB_UNAVAILABLE,
             retry_after=retry_after_s,
         )
 

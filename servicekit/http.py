@@ -16,9 +16,11 @@ from sanic import HTTPResponse, Request, Sanic
 from sanic.exceptions import SanicException
 from sanic.response import BaseHTTPResponse, raw
 
+from servicekit import contract
+from servicekit.contract import REQUEST_ID_HEADER
 from servicekit.logs import request_id_var
 
-REQUEST_ID_HEADER = "X-Request-ID"
+__all__ = ["REQUEST_ID_HEADER", "ApiError"]
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 log = logging.getLogger("servicekit.http")
@@ -38,7 +40,7 @@ class ApiError(Exception):
 
 
 def bad_request(message: str) -> ApiError:
-    return ApiError(400, message, "bad_request")
+    return ApiError(400, message, contract.BAD_REQUEST)
 
 
 def json_response(
@@ -104,10 +106,10 @@ def install(app: Sanic, *, unexpected_code: str = "internal_error") -> None:
             log.error("request failed", exc_info=error)
             return error_response(request, ApiError(status, "internal error", unexpected_code))
         code = {
-            400: "bad_request",
+            400: contract.BAD_REQUEST,
             404: "not_found",
             405: "method_not_allowed",
-            413: "payload_too_large",
+            413: contract.PAYLOAD_TOO_LARGE,
             415: "unsupported_media_type",
         }.get(status, "client_error")
         response = error_response(request, ApiError(status, str(error.message or error), code))

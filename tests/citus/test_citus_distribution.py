@@ -8,6 +8,7 @@ import re
 import asyncpg
 
 from dialogs import sql
+from servicekit.contract import NEXT_CURSOR_HEADER
 from tests.support.citus import CitusCluster
 from tests.support.dialogs_client import DialogsClient, new_user
 
@@ -85,8 +86,9 @@ def test_every_statement_the_service_runs_is_single_shard(
     for i in range(3):
         assert client.send(alice, bob, f"m{i}", client_message_id=f"c{i}").status_code == 200
     assert client.send(alice, bob, "m0", client_message_id="c0").status_code == 200
-    first = client.list(bob, alice, limit=2).json()
-    assert client.list(bob, alice, limit=2, cursor=first["next_cursor"]).status_code == 200
+    first = client.list(bob, alice, limit=2)
+    cursor = first.headers[NEXT_CURSOR_HEADER]
+    assert client.list(bob, alice, limit=2, cursor=cursor).status_code == 200
     assert client.http.get("/readyz").status_code == 200
 
     with server_log.open() as log:

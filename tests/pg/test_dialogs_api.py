@@ -6,6 +6,7 @@ import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+from servicekit.contract import NEXT_CURSOR_HEADER, REPLAYED_HEADER
 from tests.support.dialogs_client import DialogsClient, new_user
 from tests.support.postgres import PgServer
 
@@ -27,7 +28,8 @@ def test_send_then_list_round_trip(client: DialogsClient) -> None:
     for user, peer in ((alice, bob), (bob, alice)):
         listed = client.list(user, peer)
         assert listed.status_code == 200
-        assert listed.json() == {"messages": [message], "next_cursor": None}
+        assert listed.json() == [message]
+        assert NEXT_CURSOR_HEADER not in listed.headers
 
 
 def test_both_directions_share_one_dialog_newest_first(client: DialogsClient) -> None:
@@ -37,7 +39,7 @@ def test_both_directions_share_one_dialog_newest_first(client: DialogsClient) ->
         sender, recipient = (alice, bob) if i % 2 == 0 else (bob, alice)
         assert client.send(sender, recipient, text).status_code == 200
 
-    messages = client.list(alice, bob).json()["messages"]
+    messages = client.list(alice, bob).json()
     assert [m["text"] for m in messages] == texts[::-1]
     assert [m["from"] for m in messages] == [bob, alice] * 3
     assert len({m["dialog_id"] for m in messages}) == 1
@@ -47,14 +49,14 @@ def test_unicode_text_is_stored_as_sent(client: DialogsClient) -> None:
     alice, bob = new_user(), new_user()
     text = "Привет 👋 — «кавычки» \u200b ok"
     assert client.send(alice, bob, text).json()["text"] == text
-    assert client.list(bob, alice).json()["messages"][0]["text"] == text
+    assert client.list(bob, alice).json()[0]["text"] == text
 
 
 def test_other_dialogs_are_not_listed(client: DialogsClient) -> None:
     alice, bob, carol = new_user(), new_user(), new_user()
     client.send(alice, bob, "for bob")
     client.send(alice, carol, "for carol")
-    assert [m["text"] for m in client.list(carol, alice).json()["messages"]] == ["for carol"]
+    assert [m["text"] for m in client.list(carol, alice).json()] == ["for carol"]
 
 
 def test_paging_returns_each_message_once_while_new_ones_arrive(
@@ -68,12 +70,12 @@ def test_paging_returns_each_message_once_while_new_ones_arrive(
     pages = 0
     while True:
         page = {"limit": 37} | ({"cursor": cursor} if cursor else {})
-        body = client.list(bob, alice, **page).json()
-        seen.extend(m["id"] for m in body["messages"])
+        answer = client.list(bob, alice, **page)
+        seen.extend(m["id"] for m in answer.json())
         # Newer messages arrive between pages; they must not shift the pages being read.
         client.send(bob, alice, f"new during page {pages}")
         pages += 1
-        cursor = body["next_cursor"]
+        cursor = answer.headers.get(NEXT_CURSOR_HEADER)
         if cursor is None:
             break
 
@@ -90,16 +92,15 @@ def test_a_page_that_ends_the_dialog_has_no_next_cursor(client: DialogsClient) -
     for text in texts:
         assert client.send(alice, bob, text).status_code == 200
 
-    whole = client.list(bob, alice, limit=4).json()
-    assert [m["text"] for m in whole["messages"]] == texts[::-1]
-    assert whole["next_cursor"] is None
+    whole = client.list(bob, alice, limit=4)
+    assert [m["text"] for m in whole.json()] == texts[::-1]
+    assert NEXT_CURSOR_HEADER not in whole.headers
 
-    first = client.list(bob, alice, limit=2).json()
-    assert [m["text"] for m in first["messages"]] == ["message 3", "message 2"]
-    assert first["next_cursor"] is not None
-    last = client.list(bob, alice, limit=2, cursor=first["next_cursor"]).json()
-    assert [m["text"] for m in last["messages"]] == ["message 1", "message 0"]
-    assert last["next_cursor"] is None
+    first = client.list(bob, alice, limit=2)
+    assert [m["text"] for m in first.json()] == ["message 3", "message 2"]
+    last = client.list(bob, alice, limit=2, cursor=first.headers[NEXT_CURSOR_HEADER])
+    assert [m["text"] for m in last.json()] == ["message 1", "message 0"]
+    assert NEXT_CURSOR_HEADER not in last.headers
 
 
 def test_repeated_client_message_id_stores_once(
@@ -112,6 +113,13 @@ def test_repeated_client_message_id_stores_once(
     assert again.json() == first.json()
     assert again.headers.get("Idempotent-Replayed") == "true"
     assert "Idempotent-Replayed" not in first.headers
+    assert count_messages(pg_server, dialogs_db, f"user_id = '{alice}'") == 1
+
+    # The same key for another text is refused, and stores nothing.
+    conflict = client.send(alice, bob, "pay 99 EUR", client_message_id="req-1")
+    assert conflict.status_code == 409
+    assert conflict.json()["code"] == "idempotency_conflict"
+    assert REPLAYED_HEADER not in conflict.headers
     assert count_messages(pg_server, dialogs_db, f"user_id = '{alice}'") == 1
 
     # The same key from the other user, or in another dialog, is a different message.

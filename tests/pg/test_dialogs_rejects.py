@@ -8,12 +8,12 @@ from typing import Any
 import httpx
 import pytest
 
+from servicekit.contract import LIST_PATH as LIST
+from servicekit.contract import SEND_PATH as SEND
 from tests.support.dialogs_client import DialogsClient, new_user
 from tests.support.postgres import PgServer
 from tests.support.processes import INTERNAL_TOKEN, ServiceProcess
 
-SEND = "/internal/v1/messages/send"
-LIST = "/internal/v1/messages/list"
 A, B = new_user(), new_user()
 OK_SEND = {"from": A, "to": B, "text": "hello"}
 OK_LIST = {"user_id": A, "peer_id": B}

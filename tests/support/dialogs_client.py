@@ -8,13 +8,14 @@ from typing import Any
 
 import httpx
 
+from servicekit import contract
 from tests.support.processes import INTERNAL_TOKEN
 
 
 class DialogsClient:
     def __init__(self, base_url: str, token: str = INTERNAL_TOKEN, timeout: float = 10) -> None:
         self.http = httpx.Client(
-            base_url=base_url, headers={"X-Internal-Token": token}, timeout=timeout
+            base_url=base_url, headers={contract.INTERNAL_TOKEN_HEADER: token}, timeout=timeout
         )
 
     def send(
@@ -23,12 +24,10 @@ class DialogsClient:
         body: dict[str, Any] = {"from": sender, "to": recipient, "text": text}
         if client_message_id is not None:
             body["client_message_id"] = client_message_id
-        return self.http.post("/internal/v1/messages/send", json=body)
+        return self.http.post(contract.SEND_PATH, json=body)
 
     def list(self, user: str, peer: str, **page: Any) -> httpx.Response:
-        return self.http.post(
-            "/internal/v1/messages/list", json={"user_id": user, "peer_id": peer} | page
-        )
+        return self.http.post(contract.LIST_PATH, json={"user_id": user, "peer_id": peer} | page)
 
     # builtins.list: inside this class, "list" is the method above.
     def all_messages(self, user: str, peer: str, limit: int = 100) -> builtins.list[dict[str, Any]]:
@@ -39,9 +38,8 @@ class DialogsClient:
             page = {"limit": limit} | ({"cursor": cursor} if cursor else {})
             response = self.list(user, peer, **page)
             response.raise_for_status()
-            body = response.json()
-            messages.extend(body["messages"])
-            cursor = body["next_cursor"]
+            messages.extend(response.json())
+            cursor = response.headers.get(contract.NEXT_CURSOR_HEADER)
             if cursor is None:
                 return messages
 

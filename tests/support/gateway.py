@@ -221,7 +221,9 @@ class Recorded:
         return json.loads(self.body)
 
 
-Responder = Any  # Callable[[Recorded], tuple[int, bytes]]
+# Callable[[Recorded], tuple[int, bytes] | tuple[int, bytes, dict[str, str]]]: status,
+# body and, optionally, more headers.
+Responder = Any
 
 
 def dialogs_like(request: Recorded) -> tuple[int, bytes]:
@@ -242,13 +244,13 @@ def dialogs_like(request: Recorded) -> tuple[int, bytes]:
         }
         return 200, json.dumps(message).encode()
     if request.path.endswith("/list"):
-        return 200, b'{"messages":[],"next_cursor":null}'
+        return 200, b"[]"  # the last page: no next-cursor header
     return 404, b'{"message":"not found"}'
 
 
 class FakeUpstream:
     """A real HTTP server on loopback that records what it receives and answers with
-    ``respond(request) -> (status, body)`` (a dialogs-like answer by default)."""
+    ``respond(request) -> (status, body[, headers])`` (a dialogs-like answer by default)."""
 
     def __init__(self, respond: Responder = dialogs_like, *, keep_alive: bool = False) -> None:
         import threading
@@ -273,9 +275,11 @@ class FakeUpstream:
                     self.client_address[1],
                 )
                 upstream.requests.append(recorded)
-                status, body = upstream.respond(recorded)
+                status, body, *more = upstream.respond(recorded)
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
+                for name, value in (more[0] if more else {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)

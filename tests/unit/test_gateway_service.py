@@ -10,6 +10,7 @@ import httpx
 import pytest
 import yaml
 
+from servicekit.contract import NEXT_CURSOR_HEADER
 from tests.support.gateway import (
     FakeUpstream,
     Recorded,
@@ -160,9 +161,9 @@ def test_upstream_400_reaches_the_client(api: httpx.Client, script: Script) -> N
 def test_list_answer_becomes_an_array_and_a_cursor_header(
     api: httpx.Client, upstreams: list[FakeUpstream], script: Script
 ) -> None:
-    def page(request: Recorded) -> tuple[int, bytes]:
+    def page(request: Recorded) -> tuple[int, bytes] | tuple[int, bytes, dict[str, str]]:
         if request.path.endswith("/list"):
-            return 200, b'{"messages":[{"from":"a","to":"b","text":"t"}],"next_cursor":"Cur_-1"}'
+            return 200, b'[{"from":"a","to":"b","text":"t"}]', {NEXT_CURSOR_HEADER: "Cur_-1"}
         return dialogs_like(request)
 
     saved = [u.respond for u in upstreams]
