@@ -43,8 +43,9 @@ class SigningUnavailable(Exception):
 
 
 class TokenService:
-    def __init__(self, settings: TokenSettings) -> None:
+    def __init__(self, settings: TokenSettings, *, cache_size: int = CACHE_SIZE) -> None:
         self._settings = settings
+        self._cache_size = cache_size
         self._algorithms = [settings.algorithm]
         self._verify_key: Any
         self._sign_key: Any
@@ -69,6 +70,11 @@ class TokenService:
         self._options: Any = {"require": required}
         # token -> (user id, valid from, valid until), bounds already include the leeway.
         self._cache: dict[str, tuple[str, float, float]] = {}
+
+    @property
+    def remembered(self) -> int:
+        """How many verified tokens are remembered."""
+        return len(self._cache)
 
     @property
     def can_issue(self) -> bool:
@@ -144,7 +150,7 @@ class TokenService:
             valid_until = int(claims["exp"]) + leeway
         except (TypeError, ValueError):  # pragma: no cover - PyJWT already checked them
             return
-        if len(self._cache) >= CACHE_SIZE:
+        if len(self._cache) >= self._cache_size:
             # Dicts keep insertion order: drop the oldest entry.
             del self._cache[next(iter(self._cache))]
         self._cache[token] = (subject, valid_from, valid_until)

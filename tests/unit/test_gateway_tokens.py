@@ -173,3 +173,68 @@ def test_authorization_header_must_be_bearer(header: str | None, error: type[Exc
 def test_bearer_scheme_is_case_insensitive() -> None:
     assert bearer_token("bearer abc.def.ghi") == "abc.def.ghi"
     assert bearer_token(f"Bearer {uuid.UUID(int=1)}") == str(uuid.UUID(int=1))
+
+
+class CountingDecode:
+    """jwt.decode, counting its calls: a token served from the cache is not decoded."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        real = jwt.decode
+
+        def decode(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr("gateway.tokens.jwt.decode", decode)
+
+
+def test_a_verified_token_is_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
+    decode = CountingDecode(monkeypatch)
+    service = TokenService(TokenSettings(secret=JWT_SECRET))
+    token = make_token({"sub": USER})
+    assert [service.verify(token) for _ in range(3)] == [USER] * 3
+    assert decode.calls == 1
+    assert service.remembered == 1
+
+
+def test_the_cache_is_bounded_and_forgets_the_oldest(monkeypatch: pytest.MonkeyPatch) -> None:
+    decode = CountingDecode(monkeypatch)
+    service = TokenService(TokenSettings(secret=JWT_SECRET), cache_size=3)
+    users = [str(uuid.uuid4()) for _ in range(5)]
+    tokens = [make_token({"sub": user}) for user in users]
+    assert [service.verify(token) for token in tokens] == users
+    assert service.remembered == 3
+    assert decode.calls == 5
+    assert service.verify(tokens[-1]) == users[-1]  # among the newest: remembered
+    assert decode.calls == 5
+    assert service.verify(tokens[0]) == users[0]  # forgotten: verified again
+    assert decode.calls == 6
+    assert service.remembered == 3
+
+
+@pytest.mark.parametrize("part", ["header", "claims", "signature"])
+def test_a_tampered_copy_of_a_remembered_token_is_refused(part: str) -> None:
+    import base64
+    import json
+
+    service = TokenService(TokenSettings(secret=JWT_SECRET))
+    token = make_token({"sub": USER})
+    assert service.verify(token) == USER
+    header, claims, signature = token.split(".")
+    if part == "signature":
+        # Another valid base64url signature of the same length.
+        signature = ("A" if signature[0] != "A" else "B") + signature[1:]
+    else:
+        encoded = header if part == "header" else claims
+        value = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+        if part == "header":
+            value["kid"] = "other"
+        else:
+            value["sub"] = str(uuid.uuid4())
+        changed = base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+        header, claims = (changed, claims) if part == "header" else (header, changed)
+    with pytest.raises(TokenError, match="signature"):
+        service.verify(f"{header}.{claims}.{signature}")
+    assert service.verify(token) == USER
+    assert service.remembered == 1
