@@ -33,11 +33,14 @@ _WRK_SCRIPT = """
 wrk.method = %(method)s
 %(headers)s
 local bodies = %(bodies)s
+local paths = %(paths)s
 local n = 0
 request = function()
   n = n + 1
-  if #bodies == 0 then return wrk.format() end
-  return wrk.format(nil, nil, nil, bodies[(n %% #bodies) + 1])
+  local path = nil
+  if #paths > 0 then path = paths[(n %% #paths) + 1] end
+  if #bodies == 0 then return wrk.format(nil, path) end
+  return wrk.format(nil, path, nil, bodies[(n %% #bodies) + 1])
 end
 done = function(summary, latency, requests)
   local errors = summary.errors.connect + summary.errors.read + summary.errors.write
@@ -55,10 +58,12 @@ def wrk(
     method: str = "POST",
     headers: dict[str, str] | None = None,
     bodies: list[str] | None = None,
+    paths: list[str] | None = None,
     connections: int,
     seconds: int,
 ) -> Result:
-    """Closed-loop load on ``url`` (bodies sent round-robin); non-2xx answers count as errors.
+    """Closed-loop load on ``url`` (bodies, and ``paths`` on its host when given, sent
+    round-robin); non-2xx answers count as errors.
 
     One wrk thread: on a small machine the cores go to the services being measured.
     """
@@ -70,6 +75,7 @@ def wrk(
         "method": json.dumps(method),
         "headers": header_lines,
         "bodies": "{" + ",".join(json.dumps(b) for b in bodies or []) + "}",
+        "paths": "{" + ",".join(json.dumps(p) for p in paths or []) + "}",
     }
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
         handle.write(script)
