@@ -23,18 +23,20 @@ _CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12
 _CLIENT_ID = re.compile(rf"[\x21-\x7e]{{1,{MAX_CLIENT_MESSAGE_ID_LENGTH}}}")
 
 
+# User ids are canonical strings (lower-case UUIDs with hyphens): the form the database
+# codec and the dialog key take.
 @dataclass(frozen=True)
 class SendRequest:
-    sender: uuid.UUID
-    recipient: uuid.UUID
+    sender: str
+    recipient: str
     text: str
     client_message_id: str | None
 
 
 @dataclass(frozen=True)
 class ListRequest:
-    user: uuid.UUID
-    peer: uuid.UUID
+    user: str
+    peer: str
     limit: int
     before: uuid.UUID | None
 
@@ -49,13 +51,14 @@ def parse_object(body: bytes) -> dict[str, Any]:
     return data
 
 
-def user_id(data: dict[str, Any], field: str) -> uuid.UUID:
+def user_id(data: dict[str, Any], field: str) -> str:
+    """The id in canonical form (lower-case)."""
     value = data.get(field)
     if value is None:
         raise bad_request(f"{field} is required")
     if not isinstance(value, str) or not _CANONICAL_UUID.fullmatch(value):
         raise bad_request(f"{field} must be a UUID")
-    return uuid.UUID(value)
+    return value.lower()
 
 
 def message_text(value: Any, max_length: int) -> str:

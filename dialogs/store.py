@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 
 from dialogs import sql
-from dialogs.ids import dialog_key, uuid7
+from dialogs.ids import dialog_key_text, uuid7
 from servicekit.database import Database
 
 # The format sql._CREATED_AT gives in a page, so both answers show an instant alike.
@@ -49,11 +49,12 @@ class MessageStore:
         self._database = database
 
     async def send(
-        self, sender: uuid.UUID, recipient: uuid.UUID, text: str, client_message_id: str | None
+        self, sender: str, recipient: str, text: str, client_message_id: str | None
     ) -> tuple[StoredMessage, bool]:
-        """Store a message; returns it and whether it was already stored by an earlier try."""
-        dialog_id, user_id1, user_id2 = map(str, dialog_key(sender, recipient))
-        args = (dialog_id, str(uuid7()), str(sender), text, client_message_id)
+        """Store a message; returns it and whether it was already stored by an earlier try.
+        User ids in canonical form (see payloads)."""
+        dialog_id, user_id1, user_id2 = dialog_key_text(sender, recipient)
+        args = (dialog_id, str(uuid7()), sender, text, client_message_id)
         async with self._database.connection() as conn:
             try:
                 row = await conn.fetchrow(sql.SEND, *args)
@@ -66,23 +67,19 @@ class MessageStore:
             if row is None:
                 # Same client id seen before: answer with what the first attempt stored.
                 row = await conn.fetchrow(
-                    sql.FIND_BY_CLIENT_ID, dialog_id, str(sender), client_message_id
+                    sql.FIND_BY_CLIENT_ID, dialog_id, sender, client_message_id
                 )
         if row is None:  # pragma: no cover - the unique key guarantees a row
             raise RuntimeError("idempotent send found no stored message")
         created_at = row["created_at"].astimezone(UTC).strftime(CREATED_AT_FORMAT)
-        message = StoredMessage(
-            row["id"], dialog_id, str(sender), str(recipient), row["content"], created_at
-        )
+        message = StoredMessage(row["id"], dialog_id, sender, recipient, row["content"], created_at)
         return message, replayed
 
-    async def page(
-        self, reader: uuid.UUID, peer: uuid.UUID, limit: int, before: uuid.UUID | None
-    ) -> Page:
+    async def page(self, reader: str, peer: str, limit: int, before: uuid.UUID | None) -> Page:
         """The dialog's messages, newest first, older than ``before`` when given."""
-        dialog_id = str(dialog_key(reader, peer)[0])
+        dialog_id = dialog_key_text(reader, peer)[0]
         # One row more than asked tells whether an older message exists.
-        args = (dialog_id, str(reader), str(peer), limit + 1)
+        args = (dialog_id, reader, peer, limit + 1)
         async with self._database.connection() as conn:
             if before is None:
                 rows = await conn.fetch(sql.LIST_FIRST_PAGE, *args)

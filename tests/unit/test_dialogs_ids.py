@@ -3,7 +3,7 @@ import uuid
 import pytest
 
 from dialogs import cursor
-from dialogs.ids import dialog_key, uuid7, uuid7_millis
+from dialogs.ids import dialog_key, dialog_key_text, uuid7, uuid7_millis
 
 
 def test_dialog_id_is_the_same_for_both_directions() -> None:
@@ -72,3 +72,12 @@ def test_cursor_round_trip() -> None:
 def test_cursor_rejects_garbage(bad: str) -> None:
     with pytest.raises(cursor.InvalidCursor):
         cursor.decode(bad)
+
+
+def test_the_text_key_is_the_same_dialog_key() -> None:
+    for _ in range(200):
+        a, b = uuid.uuid4(), uuid.uuid4()
+        assert dialog_key_text(str(a), str(b)) == tuple(map(str, dialog_key(a, b)))
+        assert dialog_key_text(str(b), str(a)) == dialog_key_text(str(a), str(b))
+    with pytest.raises(ValueError, match="two different users"):
+        dialog_key_text(str(a), str(a))

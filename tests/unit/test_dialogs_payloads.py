@@ -16,8 +16,8 @@ def send(**fields: object) -> payloads.SendRequest:
 
 def test_a_valid_send_is_parsed() -> None:
     parsed = send(client_message_id="k-1")
-    assert parsed.sender == uuid.UUID(A)
-    assert parsed.recipient == uuid.UUID(B)
+    assert parsed.sender == A
+    assert parsed.recipient == B
     assert parsed.text == "hi"
     assert parsed.client_message_id == "k-1"
 
@@ -89,3 +89,10 @@ def test_bad_list_fields_are_named(fields: dict[str, object], message: str) -> N
     body = orjson.dumps({"user_id": A, "peer_id": B} | fields)
     with pytest.raises(ApiError, match=message):
         payloads.parse_list(body)
+
+
+def test_ids_come_out_in_canonical_lower_case() -> None:
+    parsed = payloads.parse_send(orjson.dumps({"from": A.upper(), "to": B, "text": "x"}), 100)
+    assert (parsed.sender, parsed.recipient) == (A, B)
+    with pytest.raises(ApiError, match="different users"):
+        payloads.parse_send(orjson.dumps({"from": A.upper(), "to": A, "text": "x"}), 100)
