@@ -14,7 +14,7 @@ Prints, from one run:
       instance (internal API) and through the gateway.
 
 Usage: .venv/bin/python -m bench.public_path [--seconds 5] [--rounds 3]
-           [--gateway-workers 1] [--dialogs-workers 1] [--pool-size 4]
+           [--gateway-workers 1] [--dialogs-workers 1] [--pool-size 4] [--citus-workers 2]
 Needs PostgreSQL 15 with Citus, wrk and pgbench; loopback only; starts and removes
 everything itself (about 3 minutes with the defaults).
 """
@@ -145,18 +145,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gateway-workers", type=int, default=1)
     parser.add_argument("--dialogs-workers", type=int, default=1, help="per instance")
     parser.add_argument("--pool-size", type=int, default=4, help="per dialogs worker")
+    parser.add_argument("--citus-workers", type=int, default=2, help="Citus worker nodes")
     args = parser.parse_args(argv)
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     if not 1 <= args.seconds <= 30 or not 1 <= args.rounds <= 10:
         raise SystemExit("--seconds must be 1..30 and --rounds 1..10")
     if not all(1 <= c <= 256 for c in concurrencies):
         raise SystemExit("--concurrency values must be 1..256")
+    if not 1 <= args.citus_workers <= 8:
+        raise SystemExit("--citus-workers must be 1..8")
     if not citus_installed():
         raise SystemExit("citus extension not installed: this benchmark needs a Citus cluster")
 
     print(machine(), flush=True)
     started = time.monotonic()
-    cluster = CitusCluster.start(worker_count=2)
+    cluster = CitusCluster.start(worker_count=args.citus_workers)
     services: list[ServiceProcess] = []
     try:
         migrate(cluster.dsn)
@@ -295,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"\ngateway {args.gateway_workers} worker(s); dialogs x2, {args.dialogs_workers} "
-        f"worker(s) each, pool of {args.pool_size}; Citus coordinator + 2 workers; "
+        f"worker(s) each, pool of {args.pool_size}; Citus coordinator + "
+        f"{args.citus_workers} workers; "
         f"{args.seconds} s per step; {time.monotonic() - started:.0f} s in all; "
         f"load average at the end {os.getloadavg()[0]:.2f}"
     )
