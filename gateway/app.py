@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import importlib.resources
 import logging
-import uuid
 from typing import Any
 
 import orjson
@@ -27,6 +26,7 @@ from gateway.users import UserStore
 from servicekit import contract, database, http, metrics
 from servicekit.http import ApiError, json_response
 from servicekit.logs import log_config
+from servicekit.unique import unique_id
 
 log = logging.getLogger("gateway")
 
@@ -267,7 +267,7 @@ def _install_routes(app: Sanic, settings: Settings) -> None:
         text = payloads.message_text(request, settings.max_text_length)
         given_key = payloads.idempotency_key(request)
         # Without the client's key the gateway makes one, so its own retry is safe.
-        client_message_id = given_key or uuid.uuid4().hex
+        client_message_id = given_key or unique_id()
         payload = orjson.dumps(
             {"from": user, "to": peer, "text": text, "client_message_id": client_message_id}
         )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import re
-import uuid
 from typing import Any
 
 import orjson
@@ -19,6 +18,7 @@ from sanic.response import BaseHTTPResponse, raw
 from servicekit import contract
 from servicekit.contract import REQUEST_ID_HEADER
 from servicekit.logs import request_id_var
+from servicekit.unique import unique_id
 
 __all__ = ["REQUEST_ID_HEADER", "ApiError"]
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -69,7 +69,7 @@ def request_id(request: Request) -> str:
 def _pick_request_id(request: Request) -> str:
     given = request.headers.get(REQUEST_ID_HEADER, "")
     # Taken from the caller only when it is safe to log and to pass on.
-    return given if _VALID_REQUEST_ID.match(given) else uuid.uuid4().hex
+    return given if _VALID_REQUEST_ID.match(given) else unique_id()
 
 
 def install(app: Sanic, *, unexpected_code: str = "internal_error") -> None:
