@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
+import json
 import logging.config
 from typing import Any
 
@@ -26,11 +28,10 @@ def serve(service: str, settings: Any, factory: str) -> int:
 
 
 def migrate(service: str, dsn: str, migration: Migration) -> int:
+    """Apply ``migration``; print its report as one JSON object on stdout (logs go to
+    stderr), e.g. ``{"service": "dialogs", "citus": false, "created": [], "distributed": [],
+    "changed": false}``: deploy tools read ``changed`` from it."""
     logging.config.dictConfig(log_config("INFO"))
     report = asyncio.run(apply(dsn, migration))
-    mode = "citus" if report.citus else "plain postgresql"
-    print(
-        f"{service} schema ready ({mode}); created: {', '.join(report.created) or 'nothing'}; "
-        f"distributed: {', '.join(report.distributed) or 'nothing'}"
-    )
+    print(json.dumps({"service": service, **dataclasses.asdict(report)}))
     return 0

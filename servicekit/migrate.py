@@ -40,6 +40,9 @@ class MigrationReport:
     citus: bool
     created: list[str] = field(default_factory=list)
     distributed: list[str] = field(default_factory=list)
+    # Whether the run changed the schema at all: a table created or distributed, or any
+    # column, constraint or index added (a missing foreign key restored counts too).
+    changed: bool = False
 
 
 async def citus_available(conn: asyncpg.Connection) -> bool:
@@ -61,6 +64,7 @@ async def apply(dsn: str, migration: Migration) -> MigrationReport:
 async def _apply_locked(conn: asyncpg.Connection, migration: Migration) -> MigrationReport:
     report = MigrationReport(citus=await citus_available(conn))
     tables_before = await _tables(conn)
+    schema_before = await _schema_objects(conn)
     for statement in migration.statements:
         await conn.execute(statement)
     report.created = sorted(await _tables(conn) - tables_before)
@@ -77,6 +81,7 @@ async def _apply_locked(conn: asyncpg.Connection, migration: Migration) -> Migra
             report.distributed.append(dist.table)
     for statement in migration.after_distribution:
         await conn.execute(statement)
+    report.changed = bool(report.distributed) or await _schema_objects(conn) != schema_before
     log.info(
         "migration applied",
         extra={"fields": {"migration": migration.name, **report.__dict__}},
@@ -87,6 +92,34 @@ async def _apply_locked(conn: asyncpg.Connection, migration: Migration) -> Migra
 async def _tables(conn: asyncpg.Connection) -> set[str]:
     rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
     return {row["tablename"] for row in rows}
+
+
+async def _schema_objects(conn: asyncpg.Connection) -> list[str]:
+    """The current schema's tables' columns, constraints and indexes, each as one line.
+    (pg_tables, not pg_constraint alone: Citus hides shards placed on this node there.)"""
+    rows = await conn.fetch(
+        """
+        WITH t AS (SELECT tablename FROM pg_tables WHERE schemaname = current_schema())
+        SELECT 'column ' || c.relname || '.' || a.attname || ' '
+               || format_type(a.atttypid, a.atttypmod)
+               || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
+          FROM pg_attribute a
+          JOIN pg_class c ON c.oid = a.attrelid
+          JOIN t ON t.tablename = c.relname
+         WHERE c.relnamespace = current_schema()::regnamespace
+           AND a.attnum > 0 AND NOT a.attisdropped
+        UNION ALL
+        SELECT 'constraint ' || c.relname || ' ' || k.conname || ' ' || pg_get_constraintdef(k.oid)
+          FROM pg_constraint k
+          JOIN pg_class c ON c.oid = k.conrelid
+          JOIN t ON t.tablename = c.relname
+         WHERE c.relnamespace = current_schema()::regnamespace
+        UNION ALL
+        SELECT 'index ' || indexname || ' ' || indexdef
+          FROM pg_indexes JOIN t USING (tablename) WHERE schemaname = current_schema()
+        """
+    )
+    return sorted(row[0] for row in rows)
 
 
 async def _is_distributed(conn: asyncpg.Connection, table: str) -> bool:

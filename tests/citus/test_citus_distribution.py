@@ -31,9 +31,9 @@ def test_tables_are_distributed_and_colocated(migrated_cluster: CitusCluster) ->
 def test_migration_on_citus_is_idempotent(migrated_cluster: CitusCluster) -> None:
     from tests.support.processes import migrate
 
-    output = migrate(migrated_cluster.dsn)
-    assert "(citus)" in output
-    assert "created: nothing; distributed: nothing" in output
+    report = migrate(migrated_cluster.dsn)
+    assert report["citus"] is True
+    assert (report["changed"], report["created"], report["distributed"]) == (False, [], [])
 
 
 _ENTRY_START = re.compile(r"\n(?=\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ \w+ \[\d+\] )")

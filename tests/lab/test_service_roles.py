@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from tests.lab.lab_support import REPO_ROOT, build_wheelhouse, run
 
@@ -39,7 +42,7 @@ def test_molecule_scenario(role: str, wheelhouse: Path, citus_image: str) -> Non
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-8000:]
     # molecule's summary: every step of the sequence ran, none was skipped.
-    for action in ("converge", "idempotence", "side_effect", "verify"):
+    for action in ("converge", "idempotence", "check", "side_effect", "verify"):
         assert f"default > {action}: Executed: Successful" in output, action
 
 
@@ -47,8 +50,8 @@ def test_ansible_lint_production_profile() -> None:
     result = run(
         [
             str(VENV_BIN / "ansible-lint"), "--nocolor", "--profile", "production",
-            "roles/dialogs", "roles/gateway", "roles/python_app", "playbooks/services.yml",
-            "playbooks/site.yml", "inventory/lab",
+            "roles/dialogs", "roles/gateway", "roles/python_app", "molecule/services",
+            "playbooks/services.yml", "playbooks/site.yml", "inventory/lab",
         ],
         timeout=900,
         env={"PATH": f"{VENV_BIN}:{os.environ['PATH']}"},
@@ -60,14 +63,14 @@ def test_ansible_lint_production_profile() -> None:
 _VALID: dict[str, dict[str, object]] = {
     "dialogs": {
         "dialogs_bind_address": "10.0.0.5",
-        "dialogs_python_version": "3.11",
+        "python_app_python_version": "3.11",
         "dialogs_database_host": "10.0.0.10",
         "dialogs_database_password": "preflight-db-password",
         "dialogs_internal_token": "preflight-internal-token",
     },
     "gateway": {
         "gateway_upstreams": ["http://10.0.0.5:8081"],
-        "gateway_python_version": "3.11",
+        "python_app_python_version": "3.11",
         "gateway_database_host": "10.0.0.10",
         "gateway_database_password": "preflight-db-password",
         "gateway_internal_token": "preflight-internal-token",
@@ -84,6 +87,11 @@ _BAD_INPUT: list[tuple[str, dict[str, object], str]] = [
     ("dialogs", {"dialogs_instance_count": 0}, "dialogs_instance_count must be at least 1, got 0"),
     ("dialogs", {"dialogs_extra_env": {"PATH": "/usr/bin"}},
      "dialogs_extra_env must map DIALOGS_* names"),
+    ("dialogs", {"dialogs_database_password": ""}, "dialogs_database_password is missing"),
+    # Checked by python_app for both services, naming the calling role's variable:
+    ("gateway", {"gateway_instance_count": 0}, "gateway_instance_count must be at least 1, got 0"),
+    ("gateway", {"gateway_extra_env": {"DIALOGS_LOG_LEVEL": "INFO"}},
+     "gateway_extra_env must map GATEWAY_* names"),
     ("gateway", {"gateway_jwt_secret": "short"},
      "gateway_jwt_secret is missing or shorter than 32"),
     ("gateway", {"gateway_upstreams": []},
@@ -126,3 +134,34 @@ def test_preflight_names_the_variable_to_fix(
     assert result.returncode != 0
     assert message in output
     assert "changed=0" in output
+
+
+def _spec_row(name: str, spec: dict[str, Any]) -> str:
+    """An option's row in the README table, from its argument spec."""
+    description = spec["description"]
+    if isinstance(description, list):
+        description = " ".join(description)
+    description = re.sub(r"C\(([^)]*(?:\([^)]*\))?[^)]*)\)", r"`\1`", description)
+    kind = spec.get("type", "str") + (f" of {spec['elements']}" if "elements" in spec else "")
+    if "choices" in spec:
+        kind += ": " + ", ".join(map(str, spec["choices"]))
+    if spec.get("required"):
+        default = "required"
+    elif "default" in spec:
+        default = f"`{json.dumps(spec['default'])}`"
+    else:
+        default = "computed"
+    return f"| `{name}` | {kind} | {default} | {description.replace('|', chr(92) + '|')} |"
+
+
+@pytest.mark.parametrize("role", ["dialogs", "gateway", "python_app"])
+def test_readme_options_table_matches_the_argument_spec(role: str) -> None:
+    role_dir = REPO_ROOT / "roles" / role
+    spec = yaml.safe_load((role_dir / "meta" / "argument_specs.yml").read_text())
+    options = spec["argument_specs"]["main"]["options"]
+    readme = (role_dir / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| `")]
+    assert rows == [_spec_row(name, option) for name, option in options.items()]
+    # And every option the role's defaults set is documented.
+    defaults = yaml.safe_load((role_dir / "defaults" / "main.yml").read_text()) or {}
+    assert set(defaults) <= set(options)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -146,10 +147,17 @@ def test_migration_is_idempotent_and_safe_to_run_concurrently(pg_database: str) 
     ]
     outputs = [run.communicate(timeout=60) for run in runs]
     assert [run.returncode for run in runs] == [0, 0, 0], outputs
-    created = [out for out, _ in outputs if "created: dialog_messages, dialogs" in out]
-    assert len(created) == 1, outputs  # exactly one run created the tables
-    assert "created: nothing" in migrate(pg_database)
-    assert "plain postgresql" in migrate(pg_database)
+    reports = [json.loads(out) for out, _ in outputs]
+    # Exactly one run created the tables; the others, serialised behind it, found them.
+    assert sorted(report["changed"] for report in reports) == [False, False, True], reports
+    assert [r["created"] for r in reports if r["changed"]] == [["dialog_messages", "dialogs"]]
+    assert migrate(pg_database) == {
+        "service": "dialogs",
+        "citus": False,
+        "created": [],
+        "distributed": [],
+        "changed": False,
+    }
 
 
 def test_metrics_add_up_across_worker_processes(dialogs_db: str) -> None:

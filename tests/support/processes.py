@@ -4,6 +4,7 @@ subprocesses on free loopback ports, waited on until healthy and always stopped.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -99,10 +101,13 @@ def dialogs_process(database_url: str, **extra_env: str) -> ServiceProcess:
     return ServiceProcess("dialogs", env)
 
 
-def migrate(database_url: str) -> str:
-    return subprocess.run(
-        [sys.executable, "-m", "dialogs", "migrate", "--database-url", database_url],
+def migrate(database_url: str, service: str = "dialogs") -> dict[str, Any]:
+    """Run ``<service> migrate``; the report it prints (one JSON object on stdout)."""
+    stdout = subprocess.run(
+        [sys.executable, "-m", service, "migrate", "--database-url", database_url],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
+    report: dict[str, Any] = json.loads(stdout)
+    return report
