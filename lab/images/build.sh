@@ -3,7 +3,8 @@
 #
 #   dialogs-lab/debian-systemd:bookworm  Debian 12 with systemd as PID 1, python3, sudo...
 #   dialogs-lab/citus:pg15               the above + postgresql-15 at this host's minor version
-#                                        + this host's Citus files (for `preinstalled`)
+#                                        + this host's Citus files (for `preinstalled`),
+#                                        labelled with both; rebuilt when the host's differ
 #
 # The base comes from the registry's debian:bookworm when it answers, else from a debootstrap
 # rootfs (cached as a tarball under $DIALOGS_STATE_DIR) turned into an image by `docker import`.
@@ -42,7 +43,7 @@ for arg in "$@"; do
     case "$arg" in
         --force) force=1 ;;
         base|citus|all) target=$arg ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         *) die "unknown argument '$arg' (use: [--force] [base|citus|all])" ;;
     esac
 done
@@ -121,14 +122,37 @@ build_base() {
 }
 
 # --- the citus variant ---------------------------------------------------------------------
+# The image is labelled with what it was built from and reused only while the host still has
+# exactly that: org.dialogs-lab.postgresql (the postgresql-<major> package version),
+# org.dialogs-lab.citus-files (sha256 over the copied Citus files: their relative names in
+# byte order, each with the sha256 of its content, as `sha256sum` prints them) and
+# org.dialogs-lab.citus-version (major.minor of citus.control's default_version).
+label_of() {
+    docker image inspect -f "{{ index .Config.Labels \"$2\" }}" "$1" 2>/dev/null || true
+}
+
+# Copies the Citus files into $1/lib and $1/extension.
+stage_citus_files() {
+    mkdir -p "$1/lib" "$1/extension"
+    # Only the files Citus installed: the shared objects, the decoders, the extension scripts.
+    cp -a "$PG_LIB"/citus*.so "$1/lib/"
+    [ -d "$PG_LIB/citus_decoders" ] && cp -a "$PG_LIB/citus_decoders" "$1/lib/"
+    cp -a "$PG_EXT"/citus* "$1/extension/"
+}
+
+citus_files_digest() {
+    (cd "$1" && find lib extension \( -type f -o -type l \) | LC_ALL=C sort \
+        | xargs -d '\n' sha256sum | sha256sum | cut -d' ' -f1)
+}
+
 build_citus() {
-    if image_exists "$CITUS_IMAGE" && [ "$force" -eq 0 ]; then
-        say "$CITUS_IMAGE exists: reused"
-        return 0
-    fi
     if [ ! -f "$PG_LIB/citus.so" ]; then
-        say "skipping $CITUS_IMAGE: this host has no $PG_LIB/citus.so to copy;" \
-            "use citus_node_install_method=apt (Citus's apt repository) on real hosts"
+        if image_exists "$CITUS_IMAGE"; then
+            say "$CITUS_IMAGE exists: reused (this host has no $PG_LIB/citus.so to compare it with)"
+        else
+            say "skipping $CITUS_IMAGE: this host has no $PG_LIB/citus.so to copy;" \
+                "use citus_node_install_method=apt (Citus's apt repository) on real hosts"
+        fi
         return 0
     fi
     local pg_version
@@ -137,20 +161,41 @@ build_citus() {
     local ctx
     ctx=$(mktemp -d)
     trap 'rm -rf "$ctx"' RETURN
-    mkdir -p "$ctx/lib" "$ctx/extension"
-    # Only the files Citus installed: the shared objects, the decoders, the extension scripts.
-    cp -a "$PG_LIB"/citus*.so "$ctx/lib/"
-    [ -d "$PG_LIB/citus_decoders" ] && cp -a "$PG_LIB/citus_decoders" "$ctx/lib/"
-    cp -a "$PG_EXT"/citus* "$ctx/extension/"
+    stage_citus_files "$ctx"
+    local files_digest citus_version
+    files_digest=$(citus_files_digest "$ctx")
+    citus_version=$(sed -n "s/^default_version *= *'\([0-9]*\.[0-9]*\).*/\1/p" "$PG_EXT/citus.control")
+    [ -n "$citus_version" ] || die "no default_version in $PG_EXT/citus.control"
+    if image_exists "$CITUS_IMAGE" && [ "$force" -eq 0 ]; then
+        local built_pg built_files
+        built_pg=$(label_of "$CITUS_IMAGE" org.dialogs-lab.postgresql)
+        built_files=$(label_of "$CITUS_IMAGE" org.dialogs-lab.citus-files)
+        if [ "$built_pg" = "$pg_version" ] && [ "$built_files" = "$files_digest" ]; then
+            say "$CITUS_IMAGE exists and matches this host (postgresql-$PG_MAJOR $pg_version," \
+                "Citus $citus_version files ${files_digest:0:12}): reused"
+            return 0
+        fi
+        [ "$built_pg" = "$pg_version" ] || say "$CITUS_IMAGE was built from postgresql-$PG_MAJOR" \
+            "'${built_pg:-unknown}', this host has $pg_version: rebuilding it"
+        [ "$built_files" = "$files_digest" ] || say "$CITUS_IMAGE holds other Citus files" \
+            "(${built_files:-no checksum label}) than this host ($files_digest): rebuilding it"
+    fi
+    local old_id
+    old_id=$(docker image inspect -f '{{.Id}}' "$CITUS_IMAGE" 2>/dev/null || true)
     cp "$HERE/citus.Dockerfile" "$ctx/Dockerfile"
-    say "building $CITUS_IMAGE (postgresql-$PG_MAJOR $pg_version + this host's Citus files)"
+    say "building $CITUS_IMAGE (postgresql-$PG_MAJOR $pg_version + this host's Citus $citus_version files)"
     build citus -t "$CITUS_IMAGE" --build-arg "BASE=$BASE_IMAGE" \
-        --build-arg "PG_MAJOR=$PG_MAJOR" --build-arg "PG_VERSION=$pg_version" "$ctx"
+        --build-arg "PG_MAJOR=$PG_MAJOR" --build-arg "PG_VERSION=$pg_version" \
+        --build-arg "CITUS_FILES=$files_digest" --build-arg "CITUS_VERSION=$citus_version" "$ctx"
     # The copied objects must find every library they link against in the image.
     if docker run --rm --entrypoint sh "$CITUS_IMAGE" -c \
             "ldd $PG_LIB/citus.so $PG_LIB/citus_columnar.so" | grep -q 'not found'; then
         docker image rm "$CITUS_IMAGE" >/dev/null
         die "$CITUS_IMAGE: citus.so misses shared libraries in the image (ldd: not found)"
+    fi
+    # The image it replaces, now untagged (kept when a container still uses it).
+    if [ -n "$old_id" ] && [ "$old_id" != "$(docker image inspect -f '{{.Id}}' "$CITUS_IMAGE")" ]; then
+        docker image rm "$old_id" >/dev/null 2>&1 || true
     fi
     say "$CITUS_IMAGE built"
 }

@@ -4,6 +4,8 @@
 # need on a node (the role installs them when missing, which needs an apt mirror).
 # Built by lab/images/build.sh, whose build context holds lib/ and extension/ (copied from
 # the host's /usr/lib/postgresql/15/lib and /usr/share/postgresql/15/extension).
+# The labels say what the image was built from; build.sh rebuilds it when the host's
+# PostgreSQL package or Citus files differ from them.
 ARG BASE=dialogs-lab/debian-systemd:bookworm
 FROM ${BASE}
 
@@ -19,4 +21,11 @@ RUN test -n "$PG_VERSION" \
 
 COPY lib/ /usr/lib/postgresql/${PG_MAJOR}/lib/
 COPY extension/ /usr/share/postgresql/${PG_MAJOR}/extension/
-LABEL org.dialogs-lab.postgresql="${PG_VERSION}"
+# Declared here, after the apt layer, so that new Citus files do not re-download PostgreSQL.
+ARG CITUS_FILES
+ARG CITUS_VERSION
+# postgresql-<major> package version; sha256 over the copied Citus files (sorted names and
+# contents, see build.sh); Citus major.minor from citus.control's default_version.
+LABEL org.dialogs-lab.postgresql="${PG_VERSION}" \
+      org.dialogs-lab.citus-files="${CITUS_FILES}" \
+      org.dialogs-lab.citus-version="${CITUS_VERSION}"

@@ -1,0 +1,116 @@
+"""lab/images/build.sh reuses dialogs-lab/citus:pg15 only while it holds this host's
+PostgreSQL package and Citus files (its labels say what it was built from), and rebuilds it
+when they differ."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.lab.conftest import BUILD_SCRIPT, REPO_ROOT
+
+PG_LIB = Path("/usr/lib/postgresql/15/lib")
+PG_EXT = Path("/usr/share/postgresql/15/extension")
+
+
+def docker(*args: str, timeout: int = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["docker", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
+        env=os.environ | {"DOCKER_BUILDKIT": "0"},
+    )
+
+
+def image_id(image: str) -> str:
+    return docker("image", "inspect", "-f", "{{.Id}}", image).stdout.strip()
+
+
+def labels(image: str) -> dict[str, str]:
+    out = docker("image", "inspect", "-f", "{{json .Config.Labels}}", image).stdout
+    found: dict[str, str] = json.loads(out) or {}
+    return {k: v for k, v in found.items() if k.startswith("org.dialogs-lab.")}
+
+
+def host_labels() -> dict[str, str]:
+    """The labels the image must carry on this host, computed here independently of build.sh."""
+    files = [*PG_LIB.glob("citus*.so"), *PG_EXT.glob("citus*")]
+    names = {f"lib/{p.name}" if p.parent == PG_LIB else f"extension/{p.name}": p for p in files}
+    decoders = PG_LIB / "citus_decoders"
+    names |= {f"lib/citus_decoders/{p.relative_to(decoders)}": p for p in decoders.rglob("*")}
+    listing = "".join(
+        f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {name}\n"
+        for name, path in sorted(names.items())
+        if path.is_file()
+    )
+    control = (PG_EXT / "citus.control").read_text()
+    version = re.search(r"default_version\s*=\s*'(\d+\.\d+)", control)
+    assert version, control
+    package = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Version}", "postgresql-15"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return {
+        "org.dialogs-lab.postgresql": package,
+        "org.dialogs-lab.citus-files": hashlib.sha256(listing.encode()).hexdigest(),
+        "org.dialogs-lab.citus-version": version.group(1),
+    }
+
+
+def build_citus_image() -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BUILD_SCRIPT), "citus"], capture_output=True, text=True, timeout=900, cwd=REPO_ROOT
+    )
+
+
+@pytest.mark.parametrize(
+    ("label", "stale", "reason"),
+    [
+        ("org.dialogs-lab.citus-files", "0" * 64, "holds other Citus files (" + "0" * 64),
+        (
+            "org.dialogs-lab.postgresql",
+            "15.0-0+deb12u0",
+            "was built from postgresql-15 '15.0-0+deb12u0', this host has",
+        ),
+    ],
+    ids=["citus-files", "postgresql"],
+)
+def test_citus_image_is_rebuilt_when_the_host_differs(
+    citus_image: str, label: str, stale: str, reason: str, tmp_path: Path
+) -> None:
+    expected = host_labels()
+    assert labels(citus_image) == expected, "build.sh left an image that does not match the host"
+    original = image_id(citus_image)
+    # An image of the same name that says it was built from something else.
+    (tmp_path / "Dockerfile").write_text(f"FROM {citus_image}\nLABEL {label}={stale}\n")
+    docker("build", "-q", "-t", citus_image, str(tmp_path))
+    stale_id = image_id(citus_image)
+    try:
+        assert labels(citus_image)[label] == stale
+        result = build_citus_image()
+        assert result.returncode == 0, result.stderr[-4000:]
+        message = " ".join(result.stderr.split())
+        assert reason in message and "rebuilding it" in message, message
+        assert labels(citus_image) == expected
+        assert image_id(citus_image) != stale_id
+        # Matching again: reused, not rebuilt.
+        again = build_citus_image()
+        assert again.returncode == 0, again.stderr[-4000:]
+        assert "matches this host" in again.stderr and "reused" in again.stderr, again.stderr
+    finally:
+        # Leave the image as the session found it: the original back under its name.
+        if subprocess.run(["docker", "image", "inspect", original], capture_output=True).returncode:
+            build_citus_image()
+        else:
+            docker("tag", original, citus_image)
+        subprocess.run(["docker", "image", "rm", stale_id], capture_output=True)
