@@ -156,11 +156,8 @@ class Settings:
             private_internal=env.get("LAB_PRIVATE_INTERNAL") or "auto",
             citus_image=env.get("LAB_CITUS_IMAGE") or t.CITUS_IMAGE,
             base_image=env.get("LAB_BASE_IMAGE") or t.BASE_IMAGE,
-            host_citus_so=Path(
-                env.get("LAB_HOST_CITUS_SO") or "/usr/lib/postgresql/15/lib/citus.so"
-            ),
-            citus_repo_url=env.get("LAB_CITUS_REPO_URL")
-            or "https://repos.citusdata.com/community/debian/",
+            host_citus_so=Path(env.get("LAB_HOST_CITUS_SO") or t.HOST_CITUS_SO),
+            citus_repo_url=env.get("LAB_CITUS_REPO_URL") or t.CITUS_REPO_URL,
             wheelhouse_dir=env.get("LAB_WHEELHOUSE_DIR", ""),
         )
 

@@ -31,6 +31,9 @@ BUILD_SCRIPT = "lab/images/build.sh"  # relative to the repository
 # Labels lab/images/build.sh puts on CITUS_IMAGE: what it was built from.
 CITUS_VERSION_LABEL = "org.dialogs-lab.citus-version"
 CITUS_CONTROL = "/usr/share/postgresql/15/extension/citus.control"
+# Where the Citus image's Citus comes from (this machine), else where the nodes install it.
+HOST_CITUS_SO = "/usr/lib/postgresql/15/lib/citus.so"
+CITUS_REPO_URL = "https://repos.citusdata.com/community/debian/"
 
 # systemd as PID 1 without --privileged (which cannot apply its capabilities here).
 SYSTEMD_COMMAND = "/lib/systemd/systemd"
