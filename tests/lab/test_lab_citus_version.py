@@ -98,7 +98,7 @@ def test_molecule_containers_get_the_lab_settings_and_release(
             ).stdout
         )[0]
         assert (tmp_path / "ephemeral" / "citus-version").read_text() == "13.2"
-        assert host["HostConfig"]["CapAdd"] == ["SYS_ADMIN"]
+        assert [cap.removeprefix("CAP_") for cap in host["HostConfig"]["CapAdd"]] == ["SYS_ADMIN"]
         assert host["HostConfig"]["CgroupnsMode"] == "host"
         assert set(host["HostConfig"]["Tmpfs"]) == {"/run", "/run/lock"}
         assert host["Config"]["StopSignal"] == "SIGRTMIN+3"
