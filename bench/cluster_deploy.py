@@ -7,7 +7,7 @@
    every node's pg_hba/.pgpass, register, citus_rebalance_start, poll until finished);
 5. checks that every row is still there (count and checksum) and counts shards per node.
 
-    .venv/bin/python bench/cluster_deploy.py [--rows 100000] [--keep]
+    .venv/bin/python -m bench.cluster_deploy [--rows 100000] [--keep]
 
 Needs docker and the lab images (lab/images/build.sh, run when missing). Containers and the
 network are named citus-bench-*; they are removed at the end unless --keep. Secrets are
@@ -26,17 +26,15 @@ import sys
 import time
 from pathlib import Path
 
+from lab.topology import BUILD_SCRIPT, CITUS_IMAGE, citus_version, systemd_container
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-from tests.support.containers import systemd_container  # noqa: E402
-
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
 STATE = REPO_ROOT / ".lab" / "bench-cluster"
-IMAGE = "dialogs-lab/citus:pg15"
 NETWORK = "citus-bench"
 PREFIX = "citus-bench"
 TABLE = "bench_dialog_messages"
+BENCH_LABEL = "org.dialogs-lab.bench=1"
 
 
 def sh(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -47,7 +45,7 @@ def sh(*args: str, timeout: float = 600, check: bool = True) -> subprocess.Compl
 
 
 def start_container(name: str) -> None:
-    sh(*systemd_container(name, IMAGE, "--network", NETWORK, "--label", "org.dialogs-lab.bench=1"))
+    sh(*systemd_container(name, CITUS_IMAGE, "--network", NETWORK, "--label", BENCH_LABEL))
 
 
 def wait_booted(name: str) -> None:
@@ -81,6 +79,7 @@ def write_inventory(workers: list[str]) -> Path:
                 "ansible_connection": "community.docker.docker",
                 "ansible_python_interpreter": "/usr/bin/python3",
                 "citus_node_install_method": "preinstalled",
+                "citus_node_citus_version": citus_version(CITUS_IMAGE),
                 "citus_node_max_connections": 200,
                 "citus_node_max_prepared_transactions": 200,
                 "citus_node_shared_buffers": "64MB",
@@ -149,7 +148,7 @@ def changed_total(output: str) -> int:
 
 
 def cleanup() -> None:
-    names = sh("docker", "ps", "-aq", "--filter", "label=org.dialogs-lab.bench=1").stdout.split()
+    names = sh("docker", "ps", "-aq", "--filter", f"label={BENCH_LABEL}").stdout.split()
     if names:
         sh("docker", "rm", "-f", *names)
     sh("docker", "network", "rm", NETWORK, check=False)
@@ -161,10 +160,10 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the containers afterwards")
     args = parser.parse_args()
 
-    sh(str(REPO_ROOT / "lab" / "images" / "build.sh"), timeout=1800)
+    sh(str(REPO_ROOT / BUILD_SCRIPT), timeout=1800)
     STATE.mkdir(parents=True, exist_ok=True)
     cleanup()
-    sh("docker", "network", "create", "--label", "org.dialogs-lab.bench=1", NETWORK)
+    sh("docker", "network", "create", "--label", BENCH_LABEL, NETWORK)
     rows: list[tuple[str, str, str]] = []
     try:
         initial = [f"{PREFIX}-worker{i}" for i in (1, 2)]

@@ -23,13 +23,10 @@ import re
 import sys
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from statistics import median
 
 import asyncpg
 import httpx
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._load import Result, Script, pgbench, table, wrk
 from dialogs import sql

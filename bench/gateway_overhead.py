@@ -23,8 +23,6 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from bench._load import Result, wrk
 from tests.support.gateway import (
     descendants,

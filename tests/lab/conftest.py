@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from lab.topology import BASE_IMAGE, BUILD_SCRIPT, CITUS_IMAGE, image_exists
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-BUILD_SCRIPT = REPO_ROOT / "lab" / "images" / "build.sh"
-BASE_IMAGE = "dialogs-lab/debian-systemd:bookworm"
-CITUS_IMAGE = "dialogs-lab/citus:pg15"
 
 
 @dataclass(frozen=True)
@@ -21,15 +20,11 @@ class LabImages:
     citus: str | None
 
 
-def image_exists(name: str) -> bool:
-    return subprocess.run(["docker", "image", "inspect", name], capture_output=True).returncode == 0
-
-
 @pytest.fixture(scope="session")
 def lab_images() -> LabImages:
     """lab/images/build.sh: builds what is missing (minutes the first time), else reuses."""
     result = subprocess.run(
-        [str(BUILD_SCRIPT)], capture_output=True, text=True, timeout=1800, cwd=REPO_ROOT
+        [str(REPO_ROOT / BUILD_SCRIPT)], capture_output=True, text=True, timeout=1800, cwd=REPO_ROOT
     )
     if result.returncode != 0:
         pytest.fail(f"lab/images/build.sh failed:\n{result.stderr[-4000:]}")

@@ -16,14 +16,10 @@ from pathlib import Path
 
 import httpx
 
+from lab.topology import APP, COORDINATOR, LABEL
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN_LAB = REPO_ROOT / "bin" / "lab"
-COORDINATOR = "lab-coordinator"
-APP = "lab-app1"
-DIALOGS_PORTS = (8081, 8082)
-EDGE_NETWORK = "dialogs-lab-edge"
-PRIVATE_NETWORK = "dialogs-lab"
-LAB_LABEL = "org.dialogs-lab.lab=1"
 
 
 class CommandFailed(AssertionError):
@@ -331,7 +327,7 @@ def probe_ports(network: str, targets: list[tuple[str, int]], image: str) -> dic
     )
     output = run(
         [
-            "docker", "run", "--rm", "--label", LAB_LABEL, "--network", network,
+            "docker", "run", "--rm", "--label", LABEL, "--network", network,
             "--entrypoint", "python3", image, "-c", script,
             *(f"{host}:{port}" for host, port in targets),
         ],

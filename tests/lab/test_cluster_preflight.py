@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.support.containers import systemd_container
+from lab.topology import systemd_container
 
 if TYPE_CHECKING:
     from tests.lab.conftest import LabImages

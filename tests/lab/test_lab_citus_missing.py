@@ -7,15 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.lab_support import BIN_LAB, LAB_LABEL, run
+from lab.topology import LABEL, PRIVATE_NETWORK
+from tests.lab.lab_support import BIN_LAB, run
 
 
 def _lab_objects() -> tuple[list[str], list[str]]:
     containers = run(
-        ["docker", "ps", "-aq", "--filter", f"label={LAB_LABEL}"], timeout=60
+        ["docker", "ps", "-aq", "--filter", f"label={LABEL}"], timeout=60
     ).stdout.split()
     networks = run(
-        ["docker", "network", "ls", "-q", "--filter", "name=dialogs-lab"], timeout=60
+        ["docker", "network", "ls", "-q", "--filter", f"name={PRIVATE_NETWORK}"], timeout=60
     ).stdout.split()
     return sorted(containers), sorted(networks)
 

@@ -21,14 +21,19 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+import yaml
 
-from tests.lab.lab_support import (
+from lab.topology import (
     APP,
+    CITUS_IMAGE,
+    CITUS_VERSION_LABEL,
     COORDINATOR,
     DIALOGS_PORTS,
     EDGE_NETWORK,
-    LAB_LABEL,
+    LABEL,
     PRIVATE_NETWORK,
+)
+from tests.lab.lab_support import (
     REPO_ROOT,
     Lab,
     Traffic,
@@ -44,8 +49,6 @@ from tests.lab.lab_support import (
     send,
 )
 from tests.support.postgres import free_port
-
-CITUS_IMAGE = "dialogs-lab/citus:pg15"
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +96,21 @@ def test_up_prints_the_url_and_an_example_that_works(lab: Lab) -> None:
     assert result.returncode == 0, result.stderr
     assert "HTTP/1.1 200" in result.stdout
     assert result.stdout.count("Hello, Bob!") == 2  # the send's answer and the list
+
+
+def test_the_cluster_runs_the_citus_release_of_its_image(lab: Lab) -> None:
+    """bin/lab took the release from the image's label: no role default was needed."""
+    label = run(
+        ["docker", "image", "inspect", "-f",
+         f'{{{{index .Config.Labels "{CITUS_VERSION_LABEL}"}}}}', CITUS_IMAGE],
+        timeout=60,
+    ).stdout.strip()  # fmt: skip
+    assert re.fullmatch(r"\d+\.\d+", label), f"{CITUS_IMAGE} has no {CITUS_VERSION_LABEL}"
+    inventory = yaml.safe_load((lab.state_dir / "inventory.yml").read_text())
+    assert inventory["all"]["vars"]["citus_node_citus_version"] == label
+    assert lab.sql("SELECT extversion FROM pg_extension WHERE extname = 'citus'").startswith(
+        f"{label}-"
+    )
 
 
 def test_second_site_run_changes_nothing(lab: Lab) -> None:
@@ -251,7 +269,7 @@ def test_only_the_gateway_is_exposed(lab: Lab) -> None:
     stranger = str(subnet[250])
     refused = run(
         [
-            "docker", "run", "--rm", "--label", LAB_LABEL, "--network", PRIVATE_NETWORK,
+            "docker", "run", "--rm", "--label", LABEL, "--network", PRIVATE_NETWORK,
             "--ip", stranger, "-e", "PGCONNECT_TIMEOUT=10", "--entrypoint", "psql", CITUS_IMAGE,
             f"host={coordinator} user=dialogs dbname=dialogs password=x sslmode=require",
             "-c", "SELECT 1",

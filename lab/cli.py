@@ -1,0 +1,583 @@
+"""``bin/lab``'s commands: bring the lab up, show it, scale it, run a playbook, take it down."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+from lab import topology as t
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = REPO_ROOT / ".venv" / "bin"
+
+USAGE = """\
+The lab: the whole system on local containers, deployed by the production playbooks.
+
+  bin/lab up          build what is missing, start the containers, run playbooks/site.yml,
+                      print the gateway's URL and a copy-paste example (re-run: converges)
+  bin/lab status      containers, Citus nodes, shards per node, the instances' health
+  bin/lab scale N     add N workers and run playbooks/scale_out.yml (rebalances the shards)
+  bin/lab down        remove the containers, networks and the lab's state (images are kept;
+                      `bin/lab down --images` removes them too)
+  bin/lab playbook P [ANSIBLE ARGS]   run playbooks/P against the lab, e.g.
+                      bin/lab playbook services.yml -e dialogs_log_level=DEBUG
+
+Topology (lab/topology.py): lab-coordinator, lab-worker1..N (Citus) and lab-app1 (2 dialogs
+instances and the gateway) on the docker network dialogs-lab (fixed addresses in LAB_SUBNET);
+lab-app1 is also on dialogs-lab-edge, its public side. Only the gateway is published, on
+127.0.0.1. The cluster's Citus version is the one its image carries (label
+org.dialogs-lab.citus-version). State (generated secrets, inventory, wheelhouse, logs) lives
+in .lab/ (git-ignored).
+
+Environment:
+  LAB_GATEWAY_PORT      port on 127.0.0.1 for the gateway (default 8080)
+  LAB_SUBNET            subnet of dialogs-lab (default 10.213.0.0/24)
+  LAB_PRIVATE_INTERNAL  1: dialogs-lab has no route out (docker --internal), 0: it has one.
+                        Default: 1 when the cluster image carries Citus, 0 when the nodes
+                        must install it from Citus's apt repository
+  LAB_CITUS_IMAGE, LAB_BASE_IMAGE   images (default dialogs-lab/citus:pg15,
+                        dialogs-lab/debian-systemd:bookworm, built by lab/images/build.sh)
+  LAB_HOST_CITUS_SO     this machine's Citus library, copied into the image
+                        (default /usr/lib/postgresql/15/lib/citus.so)
+  LAB_CITUS_REPO_URL    Citus's apt repository, used when this machine has no Citus
+                        (default https://repos.citusdata.com/community/debian/)
+  LAB_STATE_DIR         the lab's state directory (default .lab/ in the repository)
+  LAB_WHEELHOUSE_DIR    deploy this prebuilt wheelhouse (roles/python_app/files/build-wheelhouse.sh)
+                        instead of building one from the working tree on every run
+"""
+
+WELCOME = r"""
+The lab is up: gateway at {URL} (API description: {URL}/openapi.yaml)
+Try it (copy and paste):
+
+  URL={URL}
+  json_field() { sed -E "s/.*\"$1\": *\"([^\"]+)\".*/\1/"; }
+  ALICE=$(curl -s $URL/user/register -H 'Content-Type: application/json' \
+      -d '{"password": "alice-password-1", "first_name": "Alice"}' | json_field user_id)
+  BOB=$(curl -s $URL/user/register -H 'Content-Type: application/json' \
+      -d '{"password": "bob-password-1", "first_name": "Bob"}' | json_field user_id)
+  TOKEN=$(curl -s $URL/login -H 'Content-Type: application/json' \
+      -d "{\"id\": \"$ALICE\", \"password\": \"alice-password-1\"}" | json_field token)
+  curl -s $URL/dialog/$BOB/send -H "Authorization: Bearer $TOKEN" \
+      -H 'Content-Type: application/json' -d '{"text": "Hello, Bob!"}'; echo
+  curl -si "$URL/dialog/$BOB/list?limit=20" -H "Authorization: Bearer $TOKEN"; echo
+
+More: bin/lab status | bin/lab scale 2 | bin/lab down
+"""
+
+SECRET_NAMES = {
+    "vault_db_superuser_password": 24,
+    "vault_db_app_password": 24,
+    "vault_internal_token": 24,
+    "vault_jwt_secret": 32,
+}
+# What `down` removes from the state directory: other tools keep their own state there too.
+STATE_FILES = ("secrets.yml", "inventory.yml", "workers", "citus-source", "dist", "logs")
+
+
+class LabError(Exception):
+    """Stops the command with ``error: <message>``."""
+
+
+def say(*parts: str) -> None:
+    print("==>", " ".join(parts), file=sys.stderr, flush=True)
+
+
+def die(*parts: str) -> NoReturn:
+    raise LabError(" ".join(parts))
+
+
+def docker(
+    *args: str, check: bool = True, capture: bool = True
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(["docker", *args], capture_output=capture, text=True)
+    if check and result.returncode != 0:
+        die(f"docker {' '.join(args)} failed: {(result.stderr or '').strip()}")
+    return result
+
+
+def docker_answers() -> bool:
+    return docker("info", check=False).returncode == 0
+
+
+def container_exists(name: str) -> bool:
+    return docker("container", "inspect", name, check=False).returncode == 0
+
+
+def container_running(name: str) -> bool:
+    result = docker("container", "inspect", "-f", "{{.State.Running}}", name, check=False)
+    return result.stdout.strip() == "true"
+
+
+def network_exists(name: str) -> bool:
+    return docker("network", "inspect", name, check=False).returncode == 0
+
+
+def relative(path: Path) -> str:
+    """``path`` as the user sees it: relative to the repository when inside it."""
+    try:
+        return str(path.relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The lab's settings, from the environment (LAB_*)."""
+
+    state_dir: Path
+    gateway_port: str
+    subnet: str
+    private_internal: str  # 1 | 0 | auto
+    citus_image: str
+    base_image: str
+    host_citus_so: Path
+    citus_repo_url: str
+    wheelhouse_dir: str
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        return cls(
+            state_dir=Path(env.get("LAB_STATE_DIR") or REPO_ROOT / ".lab"),
+            gateway_port=env.get("LAB_GATEWAY_PORT") or str(t.GATEWAY_PORT),
+            subnet=env.get("LAB_SUBNET") or t.DEFAULT_SUBNET,
+            private_internal=env.get("LAB_PRIVATE_INTERNAL") or "auto",
+            citus_image=env.get("LAB_CITUS_IMAGE") or t.CITUS_IMAGE,
+            base_image=env.get("LAB_BASE_IMAGE") or t.BASE_IMAGE,
+            host_citus_so=Path(env.get("LAB_HOST_CITUS_SO") or t.HOST_CITUS_SO),
+            citus_repo_url=env.get("LAB_CITUS_REPO_URL") or t.CITUS_REPO_URL,
+            wheelhouse_dir=env.get("LAB_WHEELHOUSE_DIR", ""),
+        )
+
+
+class Lab:
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        self.citus_source = ""  # preinstalled | apt, once chosen
+
+    # --- state ------------------------------------------------------------------------------
+    @property
+    def state(self) -> Path:
+        return self.s.state_dir
+
+    def worker_count(self) -> int:
+        path = self.state / "workers"
+        return int(path.read_text().strip()) if path.exists() else t.DEFAULT_WORKERS
+
+    @property
+    def cluster_image(self) -> str:
+        return self.s.citus_image if self.citus_source == "preinstalled" else self.s.base_image
+
+    # --- preparation ------------------------------------------------------------------------
+    def ensure_tools(self) -> None:
+        # bin/lab installed the system packages, the virtualenv and started dockerd.
+        if not docker_answers():
+            die(
+                "no docker engine answers (docker info failed):",
+                "start dockerd and run bin/lab up again",
+            )
+
+    def ensure_secrets(self) -> None:
+        """Generated once into secrets.yml (mode 0600, never in the repo, never printed)."""
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.state.chmod(0o700)
+        path = self.state / "secrets.yml"
+        if path.exists() and path.stat().st_size > 0:
+            return
+        say("generating the lab's secrets into .lab/secrets.yml")
+        lines = [
+            "# Generated by bin/lab: the lab's secrets (ansible extra vars)."
+            " Never commit this file."
+        ]
+        lines += [f'{name}: "{secrets.token_hex(size)}"' for name, size in SECRET_NAMES.items()]
+        temporary = path.with_suffix(".yml.tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as stream:
+            stream.write("\n".join(lines) + "\n")
+        temporary.replace(path)
+
+    def choose_citus_source(self) -> None:
+        """Where the cluster's Citus comes from: the lab image (this machine's Citus copied
+        into it), else Citus's apt repository. Neither: stop before anything is built."""
+        path = self.state / "citus-source"
+        source = path.read_text().strip() if path.exists() else ""
+        if source == "preinstalled" and not t.image_exists(self.s.citus_image):
+            source = ""
+        if not source:
+            if t.image_exists(self.s.citus_image) or self.s.host_citus_so.exists():
+                source = "preinstalled"
+            elif self._repository_answers():
+                source = "apt"
+            else:
+                die(
+                    "Citus is not available: it is not installed on this machine",
+                    f"({self.s.host_citus_so} is missing,",
+                    "so the lab image cannot take it from here)",
+                    f"and Citus's apt repository ({self.s.citus_repo_url}) cannot be reached.",
+                    "Install Citus for PostgreSQL 15 on this machine, or give it access to the",
+                    "repository, then run bin/lab up again.",
+                )
+        path.write_text(source + "\n")
+        self.citus_source = source
+
+    def _repository_answers(self) -> bool:
+        url = self.s.citus_repo_url.rstrip("/") + "/dists/bookworm/Release"
+        try:
+            with urllib.request.urlopen(url, timeout=15):  # noqa: S310 (an https/http URL)
+                return True
+        except (OSError, ValueError):
+            return False
+
+    def ensure_images(self) -> None:
+        script = str(REPO_ROOT / t.BUILD_SCRIPT)
+        if not t.image_exists(self.s.base_image):
+            subprocess.run([script, "base"], check=True)
+        if self.citus_source == "preinstalled" and not t.image_exists(self.s.citus_image):
+            subprocess.run([script, "citus"], check=True)
+            if not t.image_exists(self.s.citus_image):
+                die(f"lab/images/build.sh did not build {self.s.citus_image}")
+
+    def ensure_networks(self) -> None:
+        net, subnet = t.PRIVATE_NETWORK, self.s.subnet
+        if network_exists(net):
+            have = docker(
+                "network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}}{{end}}", net
+            ).stdout.strip()
+            if have != subnet:
+                die(
+                    f"network {net} exists with subnet {have}, not {subnet}:",
+                    f"run bin/lab down first, or set LAB_SUBNET={have}",
+                )
+        else:
+            internal = self.s.private_internal == "1" or (
+                self.s.private_internal == "auto" and self.citus_source == "preinstalled"
+            )
+            say(f"creating network {net} ({subnet}{', internal' if internal else ''})")
+            created = docker(
+                "network", "create", "--label", t.LABEL, "--subnet", subnet,
+                *(["--internal"] if internal else []), net, check=False,
+            )  # fmt: skip
+            if created.returncode != 0:
+                die(
+                    f"cannot create network {net} with subnet {subnet} (taken by another",
+                    "network?): set LAB_SUBNET to a free private subnet",
+                )
+        if not network_exists(t.EDGE_NETWORK):
+            say(f"creating network {t.EDGE_NETWORK}")
+            docker("network", "create", "--label", t.LABEL, t.EDGE_NETWORK)
+
+    def ensure_container(self, name: str, image: str, address: str, *options: str) -> None:
+        """A systemd container on the private network; created once, started when stopped."""
+        if container_exists(name):
+            if not container_running(name):
+                say(f"starting {name}")
+                docker("start", name)
+            return
+        say(f"creating {name} ({address}, {image})")
+        command = t.systemd_container(
+            name, image, "--label", t.LABEL, "--network", t.PRIVATE_NETWORK, "--ip", address,
+            *options, create=True,
+        )  # fmt: skip
+        docker(*command[1:])
+        if name == t.APP:
+            docker("network", "connect", t.EDGE_NETWORK, name)
+        docker("start", name)
+
+    def wait_for_systemd(self, names: list[str]) -> None:
+        for name in names:
+            state = ""
+            for _ in range(90):
+                result = docker("exec", name, "systemctl", "is-system-running", check=False)
+                state = result.stdout.strip()
+                if state in ("running", "degraded"):
+                    break
+                time.sleep(1)
+            else:
+                die(f"systemd in {name} did not finish booting (state: {state or 'none'})")
+
+    def ensure_containers(self) -> None:
+        if container_exists(t.APP):
+            ports = docker("port", t.APP, f"{t.GATEWAY_PORT}/tcp", check=False).stdout.split("\n")
+            published = ports[0].strip()
+            if published != f"127.0.0.1:{self.s.gateway_port}":
+                die(
+                    f"{t.APP} publishes the gateway on",
+                    f"{published or 'nothing'}, not 127.0.0.1:{self.s.gateway_port}:",
+                    "set LAB_GATEWAY_PORT to match, or run bin/lab down first",
+                )
+        subnet = self.s.subnet
+        self.ensure_container(t.COORDINATOR, self.cluster_image, t.coordinator_address(subnet))
+        names = [t.COORDINATOR]
+        for number in range(1, self.worker_count() + 1):
+            name = t.worker(number)
+            self.ensure_container(name, self.cluster_image, t.worker_address(subnet, number))
+            names.append(name)
+        self.ensure_container(
+            t.APP, self.s.base_image, t.app_address(subnet),
+            "-p", f"127.0.0.1:{self.s.gateway_port}:{t.GATEWAY_PORT}",
+        )  # fmt: skip
+        names.append(t.APP)
+        self.wait_for_systemd(names)
+
+    def write_inventory(self) -> None:
+        subnet = self.s.subnet
+        lines = [
+            "# Generated by bin/lab from the running lab: do not edit (re-run bin/lab up).",
+            "all:",
+            "  vars:",
+            f"    lab_citus_install_method: {self.citus_source}",
+        ]
+        if self.citus_source == "preinstalled":
+            # The release the image carries: the role checks the node has exactly that.
+            lines.append(f"    citus_node_citus_version: '{t.citus_version(self.s.citus_image)}'")
+        lines += [
+            f"    lab_state_dir: {self.state}",
+            f"    lab_wheelhouse_dir: '{self.s.wheelhouse_dir}'",
+            "  children:",
+            "    coordinator:",
+            "      hosts:",
+            f"        {t.COORDINATOR}: {{lab_private_address: {t.coordinator_address(subnet)}}}",
+            "    workers:",
+            "      hosts:",
+        ]
+        lines += [
+            f"        {t.worker(n)}: {{lab_private_address: {t.worker_address(subnet, n)}}}"
+            for n in range(1, self.worker_count() + 1)
+        ]
+        lines += [
+            "    dialogs:",
+            "      hosts:",
+            f"        {t.APP}: {{lab_private_address: {t.app_address(subnet)}}}",
+            "    gateway:",
+            "      hosts:",
+            f"        {t.APP}: {{}}",
+        ]
+        temporary = self.state / "inventory.yml.tmp"
+        temporary.write_text("\n".join(lines) + "\n")
+        temporary.replace(self.state / "inventory.yml")
+
+    def run_playbook(self, playbook: str, *args: str) -> None:
+        """Runs a playbook with its output on the terminal and in the state's logs/."""
+        logs = self.state / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        log = logs / f"{time.strftime('%Y%m%d-%H%M%S')}-{Path(playbook).stem}.log"
+        say(f"ansible-playbook {' '.join([playbook, *args])} (log: {relative(log)})")
+        env = os.environ | {
+            "ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg"),
+            "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
+        }
+        command = [
+            str(VENV_BIN / "ansible-playbook"), "-i", "inventory/lab/hosts.yml",
+            "-i", str(self.state / "inventory.yml"), "-e", f"@{self.state / 'secrets.yml'}",
+            playbook, *args,
+        ]  # fmt: skip
+        with (
+            log.open("w") as stream,
+            subprocess.Popen(
+                command,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                cwd=REPO_ROOT,
+                env=env,
+            ) as process,  # fmt: skip
+        ):
+            assert process.stdout is not None
+            for line in process.stdout:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+                stream.write(line)
+        if process.returncode != 0:
+            die(f"{playbook} failed (exit {process.returncode}); see {relative(log)}")
+
+    def psql(self, sql: str) -> None:
+        sys.stdout.flush()
+        subprocess.run(
+            ["docker", "exec", t.COORDINATOR, "runuser", "-u", "postgres", "--",
+             "psql", "-X", "-d", "dialogs", "-c", sql],
+        )  # fmt: skip
+
+    def wait_for_gateway(self) -> None:
+        for _ in range(60):
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=2):  # noqa: S310
+                    return
+            except (OSError, ValueError):
+                time.sleep(1)
+        die(f"the gateway does not answer ready on {self.url}/readyz")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.s.gateway_port}"
+
+    # --- commands ---------------------------------------------------------------------------
+    def up(self) -> None:
+        started = time.monotonic()
+        self.ensure_tools()
+        self.ensure_secrets()
+        self.choose_citus_source()
+        self.ensure_images()
+        self.ensure_networks()
+        self.ensure_containers()
+        self.write_inventory()
+        self.run_playbook("playbooks/site.yml")
+        self.wait_for_gateway()
+        say(f"lab up in {time.monotonic() - started:.0f} s")
+        print(WELCOME.replace("{URL}", self.url), end="", flush=True)
+
+    def status(self) -> None:
+        if not docker_answers():
+            die("no docker engine answers (docker info failed)")
+        print("== containers", flush=True)
+        subprocess.run(
+            ["docker", "ps", "-a", "--filter", f"label={t.LABEL}",
+             "--format", "table {{.Names}}\t{{.Status}}\t{{.Ports}}"],
+        )  # fmt: skip
+        if not container_running(t.COORDINATOR):
+            print("(the coordinator is not running)")
+            return
+        print("\n== Citus nodes", flush=True)
+        self.psql(
+            "SELECT nodeid, nodename, nodeport, noderole, isactive, shouldhaveshards"
+            " FROM pg_dist_node ORDER BY nodeid"
+        )
+        print("== shards per node", flush=True)
+        self.psql(
+            "SELECT nodename, count(*) AS shards, count(DISTINCT table_name) AS tables,"
+            " pg_size_pretty(sum(shard_size)) AS size FROM citus_shards"
+            " GROUP BY nodename ORDER BY nodename"
+        )
+        if not container_running(t.APP):
+            print("(the app host is not running)")
+            return
+        print(f"== instances on {t.APP}", flush=True)
+        subprocess.run(
+            ["docker", "exec", t.APP, "systemctl", "list-units", "--all", "--plain",
+             "--no-legend", "--full", "dialogs@*.service", "gateway@*.service"],
+        )  # fmt: skip
+        print(f"\n== gateway readiness ({self.url}/readyz)")
+        print(self._readiness())
+
+    def _readiness(self) -> str:
+        try:
+            with urllib.request.urlopen(f"{self.url}/readyz", timeout=5) as reply:  # noqa: S310
+                return str(reply.read().decode())
+        except urllib.error.HTTPError as error:
+            return str(error.read().decode())
+        except (OSError, ValueError):
+            return "(no answer)"
+
+    def scale(self, add: str) -> None:
+        if not re.fullmatch(r"[1-9][0-9]*", add):
+            die("usage: bin/lab scale N (N >= 1 workers to add)")
+        if not ((self.state / "inventory.yml").exists() and container_exists(t.COORDINATOR)):
+            die("the lab is not up: run bin/lab up first")
+        self.ensure_tools()
+        self.choose_citus_source()
+        before = self.worker_count()
+        after = before + int(add)
+        if after > t.MAX_WORKERS:
+            die(f"at most {t.MAX_WORKERS} workers in the lab")
+        names = []
+        for number in range(before + 1, after + 1):
+            name = t.worker(number)
+            self.ensure_container(name, self.cluster_image, t.worker_address(self.s.subnet, number))
+            names.append(name)
+        self.wait_for_systemd(names)
+        (self.state / "workers").write_text(f"{after}\n")
+        self.write_inventory()
+        started = time.monotonic()
+        self.run_playbook("playbooks/scale_out.yml")
+        say(f"scaled from {before} to {after} workers in {time.monotonic() - started:.0f} s")
+        self.psql(
+            "SELECT nodename, count(*) AS shards FROM citus_shards"
+            " GROUP BY nodename ORDER BY nodename"
+        )
+
+    def playbook(self, args: list[str]) -> None:
+        if not args or not args[0]:
+            die("usage: bin/lab playbook PLAYBOOK [ANSIBLE ARGS...]")
+        playbook, *rest = args
+        if not (REPO_ROOT / "playbooks" / playbook).is_file():
+            die(f"no playbooks/{playbook}")
+        if not (self.state / "inventory.yml").exists():
+            die("the lab is not up: run bin/lab up first")
+        self.run_playbook(f"playbooks/{playbook}", *rest)
+
+    def down(self, args: list[str]) -> None:
+        remove_images = args[:1] == ["--images"]
+        if docker_answers():
+            ids = docker("ps", "-aq", "--filter", f"label={t.LABEL}").stdout.split()
+            if ids:
+                say("removing the lab's containers")
+                docker("rm", "-f", *ids)
+            for net in (t.PRIVATE_NETWORK, t.EDGE_NETWORK):
+                if network_exists(net):
+                    say(f"removing network {net}")
+                    docker("network", "rm", net)
+            if remove_images:
+                for image in (self.s.citus_image, self.s.base_image, t.ROOTFS_IMAGE):
+                    if t.image_exists(image):
+                        say(f"removing image {image}")
+                        docker("image", "rm", image)
+        if self.state.is_dir():
+            say(
+                f"removing the lab's state in {relative(self.state)}",
+                "(secrets, inventory, wheelhouse, logs)",
+            )
+            for name in STATE_FILES:
+                path = self.state / name
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # other tools' state is still there
+                self.state.rmdir()
+        if not remove_images:
+            say(
+                "the images are kept for the next bin/lab up",
+                "(bin/lab down --images removes them)",
+            )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    command, rest = (args[0], args[1:]) if args else ("", [])
+    lab = Lab(Settings.from_env())
+    commands = {
+        "up": lambda: lab.up(),
+        "status": lambda: lab.status(),
+        "scale": lambda: lab.scale(rest[0] if rest else ""),
+        "down": lambda: lab.down(rest),
+        "playbook": lambda: lab.playbook(rest),
+    }
+    if command in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return
+    if command not in commands:
+        print(USAGE, end="", file=sys.stderr)
+        sys.exit(2)
+    try:
+        commands[command]()
+    except LabError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except subprocess.CalledProcessError as error:
+        # A step's own output (build.sh, docker) already said why.
+        print(
+            f"error: {' '.join(map(str, error.cmd))} failed (exit {error.returncode})",
+            file=sys.stderr,
+        )
+        sys.exit(1)

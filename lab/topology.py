@@ -1,0 +1,110 @@
+"""The lab's hosts, addresses, networks, images and systemd container flags, written once:
+``bin/lab``, the lab tests, the benchmarks and the molecule scenarios use them."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+
+PRIVATE_NETWORK = "dialogs-lab"  # cluster and app host, fixed addresses in LAB_SUBNET
+EDGE_NETWORK = "dialogs-lab-edge"  # the app host's public side
+DEFAULT_SUBNET = "10.213.0.0/24"
+LABEL = "org.dialogs-lab.lab=1"  # on everything bin/lab creates (and `down` removes)
+
+COORDINATOR = "lab-coordinator"
+APP = "lab-app1"  # 2 dialogs instances and the gateway
+DEFAULT_WORKERS = 2
+MAX_WORKERS = 200
+GATEWAY_PORT = 8080  # inside the app host; published on 127.0.0.1:LAB_GATEWAY_PORT
+DIALOGS_PORTS = (8081, 8082)
+
+# Host numbers in the private subnet.
+_APP_HOST = 5
+_COORDINATOR_HOST = 10
+
+BASE_IMAGE = "dialogs-lab/debian-systemd:bookworm"
+CITUS_IMAGE = "dialogs-lab/citus:pg15"
+ROOTFS_IMAGE = "dialogs-lab/debian-rootfs:bookworm"
+BUILD_SCRIPT = "lab/images/build.sh"  # relative to the repository
+
+# Labels lab/images/build.sh puts on CITUS_IMAGE: what it was built from.
+CITUS_VERSION_LABEL = "org.dialogs-lab.citus-version"
+CITUS_CONTROL = "/usr/share/postgresql/15/extension/citus.control"
+# Where the Citus image's Citus comes from (this machine), else where the nodes install it.
+HOST_CITUS_SO = "/usr/lib/postgresql/15/lib/citus.so"
+CITUS_REPO_URL = "https://repos.citusdata.com/community/debian/"
+
+# systemd as PID 1 without --privileged (which cannot apply its capabilities here).
+SYSTEMD_COMMAND = "/lib/systemd/systemd"
+SYSTEMD_FLAGS = (
+    "--cap-add", "SYS_ADMIN",
+    "--cgroupns=host",
+    "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
+    "--tmpfs", "/run",
+    "--tmpfs", "/run/lock",
+    "--stop-signal", "SIGRTMIN+3",
+)  # fmt: skip
+
+
+def worker(number: int) -> str:
+    return f"lab-worker{number}"
+
+
+def app_address(subnet: str) -> str:
+    return str(ipaddress.ip_network(subnet)[_APP_HOST])
+
+
+def coordinator_address(subnet: str) -> str:
+    return str(ipaddress.ip_network(subnet)[_COORDINATOR_HOST])
+
+
+def worker_address(subnet: str, number: int) -> str:
+    return str(ipaddress.ip_network(subnet)[_COORDINATOR_HOST + number])
+
+
+def systemd_container(name: str, image: str, *options: str, create: bool = False) -> list[str]:
+    """The ``docker run -d`` (or ``docker create``) command line of a systemd container called
+    ``name`` (also its hostname), with further docker options before the image."""
+    verb = ["create"] if create else ["run", "-d"]
+    return ["docker", *verb, "--name", name, "--hostname", name,
+            *SYSTEMD_FLAGS, *options, image, SYSTEMD_COMMAND]  # fmt: skip
+
+
+def image_exists(image: str) -> bool:
+    return (
+        subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode == 0
+    )
+
+
+def citus_version(image: str) -> str:
+    """The Citus release (major.minor) that ``image`` carries: its label, or for an image
+    built before the label existed, the default_version of its citus.control."""
+    labels = subprocess.run(
+        ["docker", "image", "inspect", "-f", "{{json .Config.Labels}}", image],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    label = _label(labels, CITUS_VERSION_LABEL)
+    if label:
+        return label
+    control = subprocess.run(
+        ["docker", "run", "--rm", "--entrypoint", "cat", image, CITUS_CONTROL],
+        capture_output=True, text=True, check=True, timeout=120,
+    ).stdout  # fmt: skip
+    return version_from_control(control)
+
+
+def _label(labels_json: str, name: str) -> str:
+    labels = json.loads(labels_json or "null") or {}
+    return str(labels.get(name, "")).strip()
+
+
+def version_from_control(control: str) -> str:
+    """major.minor of ``default_version = '13.0-1'`` in a citus.control file."""
+    for line in control.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "default_version":
+            parts = value.strip().strip("'\"").split("-")[0].split(".")
+            if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
+                return f"{parts[0]}.{parts[1]}"
+    raise ValueError(f"no default_version in citus.control:\n{control}")
