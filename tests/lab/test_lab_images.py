@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.conftest import BUILD_SCRIPT, REPO_ROOT
+from lab.topology import BUILD_SCRIPT
+from tests.lab.conftest import REPO_ROOT
 
 PG_LIB = Path("/usr/lib/postgresql/15/lib")
 PG_EXT = Path("/usr/share/postgresql/15/extension")
@@ -69,7 +70,11 @@ def host_labels() -> dict[str, str]:
 
 def build_citus_image() -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(BUILD_SCRIPT), "citus"], capture_output=True, text=True, timeout=900, cwd=REPO_ROOT
+        [str(REPO_ROOT / BUILD_SCRIPT), "citus"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=REPO_ROOT,
     )
 
 
