@@ -7,7 +7,7 @@ Prints three tables, all from one run on one machine:
   (c) the seed's way (lookup on an unindexed local `dialogs` table + ORDER BY id OFFSET)
       against ours (keyset) at depths 1,000 / 10,000 / 100,000.
 
-Usage: .venv/bin/python bench/dialogs_bench.py [--seconds 8] [--rounds 3] [--workers 2]
+Usage: .venv/bin/python -m bench.dialogs_bench [--seconds 8] [--rounds 3] [--workers 2]
                                                 [--pool-size 4]
 Needs PostgreSQL 15 with Citus, wrk and pgbench; starts and removes everything itself.
 """

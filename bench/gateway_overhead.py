@@ -6,7 +6,7 @@ gateway adds at p50 and p99. Everything runs on loopback: a throw-away PostgreSQ
 no Citus: the database is the same for both paths, so it cancels out), one dialogs
 instance, one gateway, and wrk (closed loop, bounded by --seconds per measurement).
 
-Usage: .venv/bin/python bench/gateway_overhead.py [--seconds 5] [--concurrency 1,16,64]
+Usage: .venv/bin/python -m bench.gateway_overhead [--seconds 5] [--concurrency 1,16,64]
 Needs PostgreSQL 15 and wrk (apt-get install wrk); starts and removes everything itself.
 """
 
