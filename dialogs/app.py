@@ -7,6 +7,7 @@ import logging
 import uuid
 
 import asyncpg
+import orjson
 from sanic import HTTPResponse, Request, Sanic
 from sanic.response import raw
 
@@ -110,6 +111,17 @@ def _install_routes(app: Sanic, settings: Settings) -> None:
             else None
         )
         return raw(page.messages_json.encode(), headers=headers, content_type="application/json")
+
+    @app.post(contract.LEGACY_LIST_PATH, name="list_v1")
+    async def list_messages_v1(request: Request) -> HTTPResponse:
+        body = payloads.parse_list(request.body)
+        page = await request.app.ctx.store.page(body.user, body.peer, body.limit, body.before)
+        next_cursor = cursor.encode(uuid.UUID(page.last_id)) if page.last_id else None
+        payload = b'{"messages":%s,"next_cursor":%s}' % (
+            page.messages_json.encode(),
+            orjson.dumps(next_cursor),
+        )
+        return raw(payload, content_type="application/json")
 
     @app.get("/healthz", name="healthz")
     async def healthz(request: Request) -> HTTPResponse:

@@ -10,7 +10,12 @@ and re-encoding them.
 from __future__ import annotations
 
 SEND_PATH = "/internal/v1/messages/send"
-LIST_PATH = "/internal/v1/messages/list"
+# v2: the page is the public JSON array, the next cursor in NEXT_CURSOR_HEADER.
+LIST_PATH = "/internal/v2/messages/list"
+# v1: the page wrapped as {"messages": [...], "next_cursor": ...}. dialogs still serves it
+# for the gateways of the release before v2 while a rolling upgrade (dialogs first) is under
+# way; remove it one release later.
+LEGACY_LIST_PATH = "/internal/v1/messages/list"
 
 # The shared secret the gateway sends; dialogs compares it in constant time.
 INTERNAL_TOKEN_HEADER = "X-Internal-Token"

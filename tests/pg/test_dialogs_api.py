@@ -6,7 +6,7 @@ import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from servicekit.contract import NEXT_CURSOR_HEADER, REPLAYED_HEADER
+from servicekit.contract import LEGACY_LIST_PATH, NEXT_CURSOR_HEADER, REPLAYED_HEADER
 from tests.support.dialogs_client import DialogsClient, new_user
 from tests.support.postgres import PgServer
 
@@ -101,6 +101,28 @@ def test_a_page_that_ends_the_dialog_has_no_next_cursor(client: DialogsClient) -
     last = client.list(bob, alice, limit=2, cursor=first.headers[NEXT_CURSOR_HEADER])
     assert [m["text"] for m in last.json()] == ["message 1", "message 0"]
     assert NEXT_CURSOR_HEADER not in last.headers
+
+
+def test_the_v1_list_keeps_its_wrapped_page_for_older_gateways(client: DialogsClient) -> None:
+    """During a rolling upgrade, gateways of the release before v2 still call v1."""
+    alice, bob = new_user(), new_user()
+    texts = [f"message {i}" for i in range(3)]
+    for text in texts:
+        assert client.send(alice, bob, text).status_code == 200
+
+    def v1(**page: object) -> dict:
+        reply = client.http.post(LEGACY_LIST_PATH, json={"user_id": bob, "peer_id": alice} | page)
+        assert reply.status_code == 200, reply.text
+        assert NEXT_CURSOR_HEADER not in reply.headers
+        body: dict = reply.json()
+        return body
+
+    first = v1(limit=2)
+    assert [m["text"] for m in first["messages"]] == ["message 2", "message 1"]
+    assert first["messages"] == client.list(bob, alice, limit=2).json()
+    last = v1(limit=2, cursor=first["next_cursor"])
+    assert [m["text"] for m in last["messages"]] == ["message 0"]
+    assert last["next_cursor"] is None
 
 
 def test_repeated_client_message_id_stores_once(
