@@ -31,9 +31,9 @@ from pathlib import Path
 
 import pytest
 
+from lab.topology import systemd_container
 from tests.lab.conftest import LabImages
 from tests.lab.lab_support import REPO_ROOT, docker_exec, recap, run
-from tests.support.containers import systemd_container
 
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
 PG_MAJOR = "15"
