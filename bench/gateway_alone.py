@@ -21,8 +21,8 @@ import sys
 import time
 from typing import Any
 
-from bench._load import table, wrk
-from bench.public_path import machine, pid_of, tree_cpu_s
+from bench._load import machine, table, wrk
+from bench.public_path import pid_of, tree_cpu_s
 from tests.support.gateway import gateway_process, make_token, ready_upstreams
 from tests.support.postgres import free_port
 

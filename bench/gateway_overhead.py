@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from bench._load import Result, wrk
+from bench._load import Result, machine, wrk
 from tests.support.gateway import (
     descendants,
     gateway_process,
@@ -53,24 +52,12 @@ def cpu_seconds(process: ServiceProcess) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    with open("/proc/cpuinfo") as handle:
-        for line in handle:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    load = os.getloadavg()
+def machine_and_versions() -> str:
     pg = subprocess.run(
         ["/usr/lib/postgresql/15/bin/postgres", "--version"], capture_output=True, text=True
     ).stdout.strip()
     wrk_version = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout
-    return (
-        f"{platform.node()}: {cpu}, {os.cpu_count()} cores, {platform.system()} "
-        f"{platform.release()}, Python {platform.python_version()}, {pg}, "
-        f"{wrk_version.split(' Copyright')[0].strip()}; load average before the run "
-        f"{load[0]:.2f}"
-    )
+    return f"{machine()}; {pg}, {wrk_version.split(' Copyright')[0].strip()}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         print("--concurrency values must be 1..256 and --seconds 1..30", file=sys.stderr)
         return 2
 
-    print(machine(), flush=True)
+    print(machine_and_versions(), flush=True)
     server = PgServer("bench-gateway").start()
     services: list[ServiceProcess] = []
     try:

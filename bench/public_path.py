@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import resource
 import time
 import uuid
@@ -37,7 +36,7 @@ from typing import Any
 
 import httpx
 
-from bench._load import Result, Script, pgbench, table, wrk
+from bench._load import Result, Script, machine, pgbench, table, wrk
 from bench.dialogs_bench import TEXT, Inline, bound, seed_dialog
 from dialogs import sql
 from dialogs.ids import dialog_key
@@ -120,21 +119,6 @@ class Meter:
         requests = result.requests or max(1, round(result.rps * seconds))
         cpu = {name: (after[name] - before[name]) / requests * 1e6 for name in after}
         return Measured(result, requests, cpu)
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    with open("/proc/cpuinfo") as handle:
-        for line in handle:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    load = os.getloadavg()
-    return (
-        f"{platform.node()}: {cpu}, {os.cpu_count()} cores, {platform.system()} "
-        f"{platform.release()}, Python {platform.python_version()}; load average "
-        f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
-    )
 
 
 def main(argv: list[str] | None = None) -> int:
