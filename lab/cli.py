@@ -244,10 +244,14 @@ class Lab:
         script = str(REPO_ROOT / t.BUILD_SCRIPT)
         if not t.image_exists(self.s.base_image):
             subprocess.run([script, "base"], check=True)
-        if self.citus_source == "preinstalled" and not t.image_exists(self.s.citus_image):
+        if self.citus_source != "preinstalled":
+            return
+        # build.sh reuses the image while its labels match this host's PostgreSQL and Citus
+        # files, and rebuilds it when they differ; with no Citus here, the image is all we have.
+        if self.s.host_citus_so.exists() or not t.image_exists(self.s.citus_image):
             subprocess.run([script, "citus"], check=True)
-            if not t.image_exists(self.s.citus_image):
-                die(f"lab/images/build.sh did not build {self.s.citus_image}")
+        if not t.image_exists(self.s.citus_image):
+            die(f"lab/images/build.sh did not build {self.s.citus_image}")
 
     def ensure_networks(self) -> None:
         net, subnet = t.PRIVATE_NETWORK, self.s.subnet
@@ -281,6 +285,7 @@ class Lab:
     def ensure_container(self, name: str, image: str, address: str, *options: str) -> None:
         """A systemd container on the private network; created once, started when stopped."""
         if container_exists(name):
+            self.refuse_stale_container(name, image)
             if not container_running(name):
                 say(f"starting {name}")
                 docker("start", name)
@@ -294,6 +299,20 @@ class Lab:
         if name == t.APP:
             docker("network", "connect", t.EDGE_NETWORK, name)
         docker("start", name)
+
+    @staticmethod
+    def refuse_stale_container(name: str, image: str) -> None:
+        """A container made from an older build of ``image`` runs other binaries than the
+        image now holds (e.g. this host's Citus was upgraded): recreating it would lose its
+        data, so the user decides."""
+        running = docker("container", "inspect", "-f", "{{.Image}}", name).stdout.strip()
+        current = docker("image", "inspect", "-f", "{{.Id}}", image).stdout.strip()
+        if running != current:
+            die(
+                f"{name} was created from an older build of {image} (the image was rebuilt",
+                "since, e.g. for this host's new Citus or PostgreSQL files); its data lives in",
+                "the container: run bin/lab down, then bin/lab up, to recreate the lab",
+            )
 
     def wait_for_systemd(self, names: list[str]) -> None:
         for name in names:

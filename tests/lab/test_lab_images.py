@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from lab.cli import Lab, LabError, Settings
 from lab.topology import BUILD_SCRIPT
 from tests.lab.conftest import REPO_ROOT
 
@@ -119,3 +120,48 @@ def test_citus_image_is_rebuilt_when_the_host_differs(
         else:
             docker("tag", original, citus_image)
         subprocess.run(["docker", "image", "rm", stale_id], capture_output=True)
+
+
+def lab_in(tmp_path: Path) -> Lab:
+    lab = Lab(Settings.from_env(os.environ | {"LAB_STATE_DIR": str(tmp_path / "state")}))
+    lab.citus_source = "preinstalled"
+    return lab
+
+
+def test_lab_up_rebuilds_an_image_built_from_other_citus_files(
+    citus_image: str, tmp_path: Path
+) -> None:
+    """bin/lab up's image step goes through build.sh's comparison, not only when the image
+    is missing: a host whose Citus changed gets an image of its own files."""
+    expected = host_labels()
+    original = image_id(citus_image)
+    (tmp_path / "Dockerfile").write_text(
+        f"FROM {citus_image}\nLABEL org.dialogs-lab.citus-files={'0' * 64}\n"
+    )
+    docker("build", "-q", "-t", citus_image, str(tmp_path))
+    stale_id = image_id(citus_image)
+    try:
+        lab_in(tmp_path).ensure_images()
+        assert image_id(citus_image) != stale_id
+        assert labels(citus_image) == expected
+    finally:
+        docker("tag", original, citus_image)
+        subprocess.run(["docker", "image", "rm", stale_id], capture_output=True)
+
+
+def test_lab_up_refuses_a_container_made_from_an_older_build(
+    citus_image: str, tmp_path: Path
+) -> None:
+    """A lab node created before the image was rebuilt would run the old binaries: bin/lab up
+    stops and names the fix instead of deploying a cluster that mixes them."""
+    older, name = "dialogs-lab/test-older-build", "lab-test-older-build"
+    (tmp_path / "Dockerfile").write_text(f"FROM {citus_image}\nLABEL org.dialogs-lab.test=old\n")
+    docker("build", "-q", "-t", older, str(tmp_path))
+    docker("create", "--name", name, older)
+    try:
+        lab_in(tmp_path).refuse_stale_container(name, older)  # its own image: accepted
+        with pytest.raises(LabError, match=r"created from an older build of .*bin/lab down"):
+            lab_in(tmp_path).refuse_stale_container(name, citus_image)
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+        subprocess.run(["docker", "image", "rm", older], capture_output=True)
