@@ -246,9 +246,11 @@ class Lab:
             subprocess.run([script, "base"], check=True)
         if self.citus_source != "preinstalled":
             return
-        # build.sh reuses the image while its labels match this host's PostgreSQL and Citus
-        # files, and rebuilds it when they differ; with no Citus here, the image is all we have.
-        if self.s.host_citus_so.exists() or not t.image_exists(self.s.citus_image):
+        # build.sh reuses its image while the labels match this host's PostgreSQL and Citus
+        # files, and rebuilds it when they differ. An image named in LAB_CITUS_IMAGE, or one
+        # on a host without Citus, is used as it is.
+        ours = self.s.citus_image == t.CITUS_IMAGE and self.s.host_citus_so.exists()
+        if ours or not t.image_exists(self.s.citus_image):
             subprocess.run([script, "citus"], check=True)
         if not t.image_exists(self.s.citus_image):
             die(f"lab/images/build.sh did not build {self.s.citus_image}")
