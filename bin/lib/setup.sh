@@ -63,7 +63,15 @@ ensure_docker() {
     fi
     mkdir -p "$STATE_DIR"
     say "starting dockerd (log: $STATE_DIR/dockerd.log)"
-    setsid nohup dockerd >"$STATE_DIR/dockerd.log" 2>&1 < /dev/null &
+    # Any other descriptor the caller holds (a pipe, a lock file) is closed too: the daemon
+    # outlives this run and would keep it open.
+    (
+        for fd in /proc/self/fd/*; do
+            fd=${fd##*/}
+            [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null
+        done
+        exec setsid nohup dockerd >"$STATE_DIR/dockerd.log" 2>&1 < /dev/null
+    ) &
     for _ in $(seq 60); do
         docker info >/dev/null 2>&1 && return 0
         sleep 1
