@@ -162,3 +162,11 @@ def machine() -> str:
         f"{platform.release()}, Python {platform.python_version()}; load average "
         f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
     )
+
+
+def connection_counts(text: str) -> list[int]:
+    """--concurrency's comma-separated wrk connection counts, each 1..256."""
+    counts = [int(c) for c in text.split(",")]
+    if not all(1 <= c <= 256 for c in counts):
+        raise SystemExit("--concurrency values must be 1..256")
+    return counts
