@@ -7,6 +7,7 @@ import os
 import re
 import secrets
 import shutil
+import ssl
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from lab import tls
 from lab import topology as t
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -25,23 +27,25 @@ USAGE = """\
 The lab: the whole system on local containers, deployed by the production playbooks.
 
   bin/lab up          build what is missing, start the containers, run playbooks/site.yml,
-                      print the gateway's URL and a copy-paste example (re-run: converges)
-  bin/lab status      containers, Citus nodes, shards per node, the instances' health
+                      print the public URL and a copy-paste example (re-run: converges)
+  bin/lab status      containers, Citus nodes, shards per node, the instances' health and
+                      the edge's view of each gateway instance
   bin/lab scale N     add N workers and run playbooks/scale_out.yml (rebalances the shards)
   bin/lab down        remove the containers, networks and the lab's state (images are kept;
                       `bin/lab down --images` removes them too)
   bin/lab playbook P [ANSIBLE ARGS]   run playbooks/P against the lab, e.g.
                       bin/lab playbook services.yml -e dialogs_log_level=DEBUG
 
-Topology (lab/topology.py): lab-coordinator, lab-worker1..N (Citus) and lab-app1 (2 dialogs
-instances and the gateway) on the docker network dialogs-lab (fixed addresses in LAB_SUBNET);
-lab-app1 is also on dialogs-lab-edge, its public side. Only the gateway is published, on
-127.0.0.1. The cluster's Citus version is the one its image carries (label
-org.dialogs-lab.citus-version). State (generated secrets, inventory, wheelhouse, logs) lives
-in .lab/ (git-ignored).
+Topology (lab/topology.py): lab-coordinator, lab-worker1..N (Citus), lab-app1 (2 dialogs and
+2 gateway instances) and lab-edge1 (HAProxy, TLS) on the docker network dialogs-lab (fixed
+addresses in LAB_SUBNET); lab-edge1 is also on dialogs-lab-edge, the public side (lab-app1
+too, for its way out; nothing listens there). Only the edge's HTTPS is published, on
+127.0.0.1, with a certificate from the lab's own CA (.lab/tls/ca.crt). The cluster's Citus
+version is the one its image carries (label org.dialogs-lab.citus-version). State (generated
+secrets, CA, inventory, wheelhouse, logs) lives in .lab/ (git-ignored).
 
 Environment:
-  LAB_GATEWAY_PORT      port on 127.0.0.1 for the gateway (default 8080)
+  LAB_HTTPS_PORT        port on 127.0.0.1 for the edge's HTTPS (default 8443)
   LAB_SUBNET            subnet of dialogs-lab (default 10.213.0.0/24)
   LAB_PRIVATE_INTERNAL  1: dialogs-lab has no route out (docker --internal), 0: it has one.
                         Default: 1 when the cluster image carries Citus, 0 when the nodes
@@ -58,10 +62,12 @@ Environment:
 """
 
 WELCOME = r"""
-The lab is up: gateway at {URL} (API description: {URL}/openapi.yaml)
+The lab is up: the API at {URL} (description: {URL}/openapi.yaml),
+HTTPS with a certificate of the lab's CA: {CA}
 Try it (copy and paste):
 
   URL={URL}
+  curl() { command curl --cacert {CA} "$@"; }
   json_field() { sed -E "s/.*\"$1\": *\"([^\"]+)\".*/\1/"; }
   ALICE=$(curl -s $URL/user/register -H 'Content-Type: application/json' \
       -d '{"password": "alice-password-1", "first_name": "Alice"}' | json_field user_id)
@@ -76,6 +82,21 @@ Try it (copy and paste):
 More: bin/lab status | bin/lab scale 2 | bin/lab down
 """
 
+# Run inside the edge host: HAProxy's own view of each gateway instance (its runtime API).
+EDGE_VIEW = r"""
+import csv, io, socket
+with socket.socket(socket.AF_UNIX) as sock:
+    sock.connect("/run/haproxy/admin.sock")
+    sock.sendall(b"show stat\n")
+    data = b"".join(iter(lambda: sock.recv(65536), b"")).decode().lstrip("# ")
+columns = {"addr": "instance", "status": "state", "check_status": "check",
+           "lastchg": "since (s)", "scur": "now", "stot": "sessions", "chkfail": "failed checks"}
+print("".join(f"{title:<16}" for title in columns.values()))
+for row in csv.DictReader(io.StringIO(data)):
+    if row["pxname"] == "gateways" and row["svname"] not in ("FRONTEND", "BACKEND"):
+        print("".join(f"{row[name]:<16}" for name in columns))
+"""
+
 SECRET_NAMES = {
     "vault_db_superuser_password": 24,
     "vault_db_app_password": 24,
@@ -83,7 +104,7 @@ SECRET_NAMES = {
     "vault_jwt_secret": 32,
 }
 # What `down` removes from the state directory: other tools keep their own state there too.
-STATE_FILES = ("secrets.yml", "inventory.yml", "workers", "citus-source", "dist", "logs")
+STATE_FILES = ("secrets.yml", "tls", "inventory.yml", "workers", "citus-source", "dist", "logs")
 
 
 class LabError(Exception):
@@ -137,7 +158,7 @@ class Settings:
     """The lab's settings, from the environment (LAB_*)."""
 
     state_dir: Path
-    gateway_port: str
+    https_port: str
     subnet: str
     private_internal: str  # 1 | 0 | auto
     citus_image: str
@@ -151,7 +172,7 @@ class Settings:
         env = dict(os.environ if env is None else env)
         return cls(
             state_dir=Path(env.get("LAB_STATE_DIR") or REPO_ROOT / ".lab"),
-            gateway_port=env.get("LAB_GATEWAY_PORT") or str(t.GATEWAY_PORT),
+            https_port=env.get("LAB_HTTPS_PORT") or str(t.DEFAULT_PUBLISHED_PORT),
             subnet=env.get("LAB_SUBNET") or t.DEFAULT_SUBNET,
             private_internal=env.get("LAB_PRIVATE_INTERNAL") or "auto",
             citus_image=env.get("LAB_CITUS_IMAGE") or t.CITUS_IMAGE,
@@ -207,6 +228,19 @@ class Lab:
         with os.fdopen(fd, "w") as stream:
             stream.write("\n".join(lines) + "\n")
         temporary.replace(path)
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.state / "tls"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.tls_dir / tls.CA_CERT
+
+    def ensure_tls(self) -> None:
+        """The lab's CA and the edge's certificate, made once (keys mode 0600, never printed)."""
+        if tls.ensure(self.tls_dir, t.TLS_NAMES):
+            say(f"made the lab's CA and the edge's certificate in {relative(self.tls_dir)}")
 
     def choose_citus_source(self) -> None:
         """Where the cluster's Citus comes from: the lab image (this machine's Citus copied
@@ -298,7 +332,7 @@ class Lab:
             *options, create=True,
         )  # fmt: skip
         docker(*command[1:])
-        if name == t.APP:
+        if name in (t.APP, t.EDGE):
             docker("network", "connect", t.EDGE_NETWORK, name)
         docker("start", name)
 
@@ -329,14 +363,14 @@ class Lab:
                 die(f"systemd in {name} did not finish booting (state: {state or 'none'})")
 
     def ensure_containers(self) -> None:
-        if container_exists(t.APP):
-            ports = docker("port", t.APP, f"{t.GATEWAY_PORT}/tcp", check=False).stdout.split("\n")
+        if container_exists(t.EDGE):
+            ports = docker("port", t.EDGE, f"{t.HTTPS_PORT}/tcp", check=False).stdout.split("\n")
             published = ports[0].strip()
-            if published != f"127.0.0.1:{self.s.gateway_port}":
+            if published != f"127.0.0.1:{self.s.https_port}":
                 die(
-                    f"{t.APP} publishes the gateway on",
-                    f"{published or 'nothing'}, not 127.0.0.1:{self.s.gateway_port}:",
-                    "set LAB_GATEWAY_PORT to match, or run bin/lab down first",
+                    f"{t.EDGE} publishes HTTPS on",
+                    f"{published or 'nothing'}, not 127.0.0.1:{self.s.https_port}:",
+                    "set LAB_HTTPS_PORT to match, or run bin/lab down first",
                 )
         subnet = self.s.subnet
         self.ensure_container(t.COORDINATOR, self.cluster_image, t.coordinator_address(subnet))
@@ -345,11 +379,12 @@ class Lab:
             name = t.worker(number)
             self.ensure_container(name, self.cluster_image, t.worker_address(subnet, number))
             names.append(name)
+        self.ensure_container(t.APP, self.s.base_image, t.app_address(subnet))
         self.ensure_container(
-            t.APP, self.s.base_image, t.app_address(subnet),
-            "-p", f"127.0.0.1:{self.s.gateway_port}:{t.GATEWAY_PORT}",
+            t.EDGE, self.s.base_image, t.edge_address(subnet),
+            "-p", f"127.0.0.1:{self.s.https_port}:{t.HTTPS_PORT}",
         )  # fmt: skip
-        names.append(t.APP)
+        names += [t.APP, t.EDGE]
         self.wait_for_systemd(names)
 
     def write_inventory(self) -> None:
@@ -384,6 +419,9 @@ class Lab:
             "    gateway:",
             "      hosts:",
             f"        {t.APP}: {{}}",
+            "    edge:",
+            "      hosts:",
+            f"        {t.EDGE}: {{lab_private_address: {t.edge_address(subnet)}}}",
         ]
         temporary = self.state / "inventory.yml.tmp"
         temporary.write_text("\n".join(lines) + "\n")
@@ -430,24 +468,38 @@ class Lab:
              "psql", "-X", "-d", "dialogs", "-c", sql],
         )  # fmt: skip
 
+    def readiness(self, timeout: float) -> tuple[int, str]:
+        """The status and body of /readyz through the edge (0: no answer)."""
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        try:
+            with urllib.request.urlopen(  # noqa: S310 (our https URL)
+                f"{self.url}/readyz", timeout=timeout, context=context
+            ) as reply:
+                return reply.status, reply.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+        except (OSError, ValueError) as error:
+            return 0, f"(no answer: {error})"
+
     def wait_for_gateway(self) -> None:
+        answer = (0, "")
         for _ in range(60):
-            try:
-                with urllib.request.urlopen(f"{self.url}/readyz", timeout=2):  # noqa: S310
-                    return
-            except (OSError, ValueError):
-                time.sleep(1)
-        die(f"the gateway does not answer ready on {self.url}/readyz")
+            answer = self.readiness(timeout=2)
+            if answer[0] == 200:
+                return
+            time.sleep(1)
+        die(f"no ready answer from {self.url}/readyz through the edge: {answer[1]}")
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.s.gateway_port}"
+        return f"https://localhost:{self.s.https_port}"
 
     # --- commands ---------------------------------------------------------------------------
     def up(self) -> None:
         started = time.monotonic()
         self.ensure_tools()
         self.ensure_secrets()
+        self.ensure_tls()
         self.choose_citus_source()
         self.ensure_images()
         self.ensure_networks()
@@ -456,7 +508,8 @@ class Lab:
         self.run_playbook("playbooks/site.yml")
         self.wait_for_gateway()
         say(f"lab up in {time.monotonic() - started:.0f} s")
-        print(WELCOME.replace("{URL}", self.url), end="", flush=True)
+        welcome = WELCOME.replace("{URL}", self.url).replace("{CA}", str(self.ca_file))
+        print(welcome, end="", flush=True)
 
     def status(self) -> None:
         if not docker_answers():
@@ -488,17 +541,11 @@ class Lab:
             ["docker", "exec", t.APP, "systemctl", "list-units", "--all", "--plain",
              "--no-legend", "--full", "dialogs@*.service", "gateway@*.service"],
         )  # fmt: skip
-        print(f"\n== gateway readiness ({self.url}/readyz)")
-        print(self._readiness())
-
-    def _readiness(self) -> str:
-        try:
-            with urllib.request.urlopen(f"{self.url}/readyz", timeout=5) as reply:  # noqa: S310
-                return str(reply.read().decode())
-        except urllib.error.HTTPError as error:
-            return str(error.read().decode())
-        except (OSError, ValueError):
-            return "(no answer)"
+        if container_running(t.EDGE):
+            print(f"\n== the edge's view of the gateway instances ({t.EDGE})", flush=True)
+            subprocess.run(["docker", "exec", t.EDGE, "python3", "-c", EDGE_VIEW])
+        print(f"\n== readiness through the edge ({self.url}/readyz)")
+        print(self.readiness(timeout=5)[1])
 
     def scale(self, add: str) -> None:
         if not re.fullmatch(r"[1-9][0-9]*", add):

@@ -7,19 +7,26 @@ import ipaddress
 import json
 import subprocess
 
-PRIVATE_NETWORK = "dialogs-lab"  # cluster and app host, fixed addresses in LAB_SUBNET
-EDGE_NETWORK = "dialogs-lab-edge"  # the app host's public side
+PRIVATE_NETWORK = "dialogs-lab"  # every host, fixed addresses in LAB_SUBNET
+EDGE_NETWORK = "dialogs-lab-edge"  # the public side: the edge host (and the app host's way out)
 DEFAULT_SUBNET = "10.213.0.0/24"
 LABEL = "org.dialogs-lab.lab=1"  # on everything bin/lab creates (and `down` removes)
 
 COORDINATOR = "lab-coordinator"
-APP = "lab-app1"  # 2 dialogs instances and the gateway
+APP = "lab-app1"  # 2 dialogs instances and 2 gateway instances
+EDGE = "lab-edge1"  # HAProxy: TLS in front of the gateway instances
 DEFAULT_WORKERS = 2
 MAX_WORKERS = 200
-GATEWAY_PORT = 8080  # inside the app host; published on 127.0.0.1:LAB_GATEWAY_PORT
+HTTPS_PORT = 443  # the edge's, inside its host; published on 127.0.0.1:LAB_HTTPS_PORT
+DEFAULT_PUBLISHED_PORT = 8443
+METRICS_PORT = 8405  # the edge's metrics, on its private address only
+GATEWAY_PORTS = (8090, 8091)
 DIALOGS_PORTS = (8081, 8082)
+# The names the lab's certificate is valid for (the lab CA signs it).
+TLS_NAMES = ("localhost", EDGE)
 
 # Host numbers in the private subnet.
+_EDGE_HOST = 4
 _APP_HOST = 5
 _COORDINATOR_HOST = 10
 
@@ -53,6 +60,10 @@ def worker(number: int) -> str:
 
 def app_address(subnet: str) -> str:
     return str(ipaddress.ip_network(subnet)[_APP_HOST])
+
+
+def edge_address(subnet: str) -> str:
+    return str(ipaddress.ip_network(subnet)[_EDGE_HOST])
 
 
 def coordinator_address(subnet: str) -> str:

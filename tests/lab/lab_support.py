@@ -11,11 +11,14 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import httpx
 
+from lab.tls import CA_CERT
 from lab.topology import APP, COORDINATOR, LABEL
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -79,7 +82,7 @@ def recap(output: str) -> dict[str, dict[str, int]]:
 
 @dataclass
 class Lab:
-    """The lab that ``bin/lab up`` brought up, with the gateway on 127.0.0.1:``port``."""
+    """The lab that ``bin/lab up`` brought up, with the edge's HTTPS on 127.0.0.1:``port``."""
 
     port: int
     state_dir: Path
@@ -89,14 +92,23 @@ class Lab:
 
     @property
     def env(self) -> dict[str, str]:
-        env = {"LAB_GATEWAY_PORT": str(self.port), "LAB_STATE_DIR": str(self.state_dir)}
+        env = {"LAB_HTTPS_PORT": str(self.port), "LAB_STATE_DIR": str(self.state_dir)}
         if self.wheelhouse is not None:
             env["LAB_WHEELHOUSE_DIR"] = str(self.wheelhouse)
         return env
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"https://localhost:{self.port}"
+
+    @property
+    def ca_file(self) -> Path:
+        """The lab CA's certificate, which clients verify the edge against."""
+        return self.state_dir / "tls" / CA_CERT
+
+    def client(self) -> httpx.Client:
+        """A client of the public API through the edge, verifying its certificate."""
+        return httpx.Client(base_url=self.url, verify=str(self.ca_file), timeout=30)
 
     def bin_lab(self, *args: str, timeout: float = 900, check: bool = True) -> str:
         result = run([str(BIN_LAB), *args], timeout=timeout, env=self.env, check=check)
@@ -176,11 +188,13 @@ def auth(user: User) -> dict[str, str]:
     return {"Authorization": f"Bearer {user.token}"}
 
 
-def send(client: httpx.Client, sender: User, recipient: User, text: str) -> httpx.Response:
+def send(
+    client: httpx.Client, sender: User, recipient: User, text: str, key: str | None = None
+) -> httpx.Response:
     return client.post(
         f"/dialog/{recipient.user_id}/send",
         json={"text": text},
-        headers=auth(sender) | {"Idempotency-Key": uuid.uuid4().hex},
+        headers=auth(sender) | {"Idempotency-Key": key or uuid.uuid4().hex},
     )
 
 
@@ -210,11 +224,18 @@ def make_pairs(client: httpx.Client, count: int) -> list[tuple[User, User]]:
 
 @dataclass
 class Traffic:
-    """Threads that send and list through the gateway until stopped (bounded in time and
-    count). Every acknowledged send and every failed request is recorded."""
+    """Threads that send and list through the edge until stopped (bounded in time and
+    count). Every acknowledged send and every failed request is recorded.
+
+    With ``retries``, a careful client: a request answered 502/503/504 or not answered is
+    sent again (a send with the same Idempotency-Key) after a pause that grows to 2 s;
+    only a request that still fails then counts as failed; ``retried`` counts the requests
+    that needed a retry."""
 
     url: str
     pairs: list[tuple[User, User]]
+    verify: str | bool = True  # the CA file clients verify the edge against
+    retries: int = 0
     threads: int = 4
     pause_s: float = 0.02  # between requests of one thread: leaves the 2-core lab some room
     max_seconds: float = 900
@@ -222,6 +243,8 @@ class Traffic:
     acked: dict[int, list[str]] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     requests: int = 0
+    retried: int = 0
+    latencies: list[float] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _workers: list[threading.Thread] = field(default_factory=list)
@@ -247,15 +270,37 @@ class Traffic:
             time.sleep(0.2)
         assert self.requests >= target, f"the load stalled at {self.requests} requests"
 
-    def _record(self, ok: bool, what: str) -> None:
+    def _record(self, ok: bool, what: str, seconds: float = 0.0, retried: bool = False) -> None:
         with self._lock:
             self.requests += 1
+            self.retried += retried
+            self.latencies.append(seconds)
             if not ok:
                 self.failures.append(what)
 
+    def p99_ms(self) -> float:
+        with self._lock:
+            ordered = sorted(self.latencies)
+        return 1000 * ordered[int(0.99 * (len(ordered) - 1))] if ordered else 0.0
+
+    def _attempt(self, call: Callable[[], httpx.Response]) -> tuple[httpx.Response | str, int]:
+        """The answer (or the error) of ``call`` after the retries, and the retries made."""
+        outcome: httpx.Response | str = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(min(2.0, 0.25 * 2**attempt))
+            try:
+                outcome = call()
+            except httpx.HTTPError as error:
+                outcome = f"{type(error).__name__}: {error}"
+                continue
+            if outcome.status_code not in (502, 503, 504):
+                return outcome, attempt
+        return outcome, self.retries
+
     def _run(self, number: int) -> None:
         deadline = time.monotonic() + self.max_seconds
-        with httpx.Client(base_url=self.url, timeout=30) as client:
+        with httpx.Client(base_url=self.url, timeout=30, verify=self.verify) as client:
             step = 0
             while (
                 not self._stop.is_set()
@@ -266,27 +311,27 @@ class Traffic:
                 a, b = self.pairs[index]
                 sender, recipient = (a, b) if step % 2 == 0 else (b, a)
                 step += 1
-                try:
-                    if step % 3 == 0:
-                        reply = client.get(
-                            f"/dialog/{recipient.user_id}/list",
-                            params={"limit": 20},
-                            headers=auth(sender),
-                        )
-                    else:
-                        reply = send(client, sender, recipient, f"load {number}-{step}")
-                except httpx.HTTPError as error:
-                    self._record(False, f"{type(error).__name__}: {error}")
-                    continue
-                finally:
-                    time.sleep(self.pause_s)
-                if reply.status_code != 200:
-                    self._record(False, f"{reply.request.method} {reply.status_code} {reply.text}")
+                key, text = uuid.uuid4().hex, f"load {number}-{step}"
+                path = f"/dialog/{recipient.user_id}/list"
+                call: Callable[[], httpx.Response] = (
+                    partial(client.get, path, params={"limit": 20}, headers=auth(sender))
+                    if step % 3 == 0
+                    else partial(send, client, sender, recipient, text, key)
+                )
+                started = time.monotonic()
+                reply, retries = self._attempt(call)
+                seconds = time.monotonic() - started
+                time.sleep(self.pause_s)
+                if isinstance(reply, str) or reply.status_code != 200:
+                    what = reply if isinstance(reply, str) else (
+                        f"{reply.request.method} {reply.status_code} {reply.text}"
+                    )  # fmt: skip
+                    self._record(False, what, seconds, retries > 0)
                     continue
                 if reply.request.method == "POST":
                     with self._lock:
                         self.acked[index].append(reply.json()["id"])
-                self._record(True, "")
+                self._record(True, "", seconds, retries > 0)
 
 
 @dataclass

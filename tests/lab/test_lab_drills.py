@@ -3,8 +3,8 @@ against it, `bin/lab down` at the end. Each drill asserts; the figures it prints
 docs/benchmarks.md.
 
 Running this module replaces a lab that is already up (the containers have fixed names).
-With LAB_TEST_REUSE=1 it runs the drills against the lab that is up instead (gateway on
-LAB_GATEWAY_PORT, default 8080; state in .lab/) and leaves it up: for working on drills.
+With LAB_TEST_REUSE=1 it runs the drills against the lab that is up instead (HTTPS on
+LAB_HTTPS_PORT, default 8443; state in .lab/) and leaves it up: for working on drills.
 
 The wheelhouse is built once, before `bin/lab up`, and every deploy of the module uses it:
 the drills test the deployment, not whatever the working tree holds at that moment.
@@ -13,10 +13,14 @@ the drills test the deployment, not whatever the working tree holds at that mome
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
+import socket
+import ssl
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -25,12 +29,18 @@ import yaml
 
 from lab.topology import (
     APP,
+    BASE_IMAGE,
     CITUS_IMAGE,
     CITUS_VERSION_LABEL,
     COORDINATOR,
+    DEFAULT_PUBLISHED_PORT,
     DIALOGS_PORTS,
+    EDGE,
     EDGE_NETWORK,
+    GATEWAY_PORTS,
+    HTTPS_PORT,
     LABEL,
+    METRICS_PORT,
     PRIVATE_NETWORK,
 )
 from tests.lab.lab_support import (
@@ -55,7 +65,7 @@ from tests.support.postgres import free_port
 def lab(tmp_path_factory: pytest.TempPathFactory, citus_image: str) -> Iterator[Lab]:
     """The lab brought up once for the module; its cluster image carries Citus."""
     if os.environ.get("LAB_TEST_REUSE") == "1":
-        port = int(os.environ.get("LAB_GATEWAY_PORT", "8080"))
+        port = int(os.environ.get("LAB_HTTPS_PORT", str(DEFAULT_PUBLISHED_PORT)))
         yield Lab(port=port, state_dir=REPO_ROOT / ".lab")
         return
     state_dir = tmp_path_factory.mktemp("lab-state")
@@ -76,14 +86,18 @@ def lab(tmp_path_factory: pytest.TempPathFactory, citus_image: str) -> Iterator[
 
 @pytest.fixture
 def client(lab: Lab) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=lab.url, timeout=30) as client:
+    with lab.client() as client:
         yield client
+
+
+GATEWAY_UNITS = [f"gateway@{port}" for port in GATEWAY_PORTS]
 
 
 def test_up_prints_the_url_and_an_example_that_works(lab: Lab) -> None:
     if not lab.up_output:
         pytest.skip("LAB_TEST_REUSE=1: this run did not bring the lab up")
-    assert f"gateway at {lab.url}" in lab.up_output
+    assert f"the API at {lab.url}" in lab.up_output
+    assert f"--cacert {lab.ca_file}" in lab.up_output
     example = lab.up_output.split("Try it (copy and paste):", 1)[1].split("More:", 1)[0]
     assert "curl" in example
     # The example, pasted into a shell, registers, logs in, sends and lists.
@@ -120,7 +134,7 @@ def test_second_site_run_changes_nothing(lab: Lab) -> None:
     print(f"\n[lab] second site.yml run: {time.monotonic() - started:.0f} s")
     changed = {host: counts["changed"] for host, counts in result.items() if counts["changed"]}
     assert changed == {}, f"a second site.yml run changed something: {changed}"
-    assert {"lab-coordinator", "lab-worker1", "lab-worker2", APP} <= set(result)
+    assert {"lab-coordinator", "lab-worker1", "lab-worker2", APP, EDGE} <= set(result)
 
 
 def test_public_api_end_to_end(lab: Lab, client: httpx.Client) -> None:
@@ -202,37 +216,54 @@ def test_seed_checks_explain_and_shards_per_node(lab: Lab, client: httpx.Client)
     assert all(count > 0 for count in per_node.values())
 
 
-def test_only_the_gateway_is_exposed(lab: Lab) -> None:
-    """Drill 7: dialogs and PostgreSQL are out of reach from outside the private network,
-    and PostgreSQL refuses a wrong password and an unknown host."""
-    # Published ports: only the gateway, only on loopback.
-    published = run(["docker", "port", APP], timeout=30).stdout.split()
-    assert published == ["8080/tcp", "->", f"127.0.0.1:{lab.port}"]
-    for node in (COORDINATOR, "lab-worker1"):
+def test_only_the_edge_is_exposed(lab: Lab) -> None:
+    """Drill 7: only the edge's HTTPS is published; the gateways, dialogs, PostgreSQL and
+    the edge's metrics are out of reach from the public side, and PostgreSQL refuses a
+    wrong password and an unknown host."""
+    # Published ports: only the edge's HTTPS, only on loopback.
+    published = run(["docker", "port", EDGE], timeout=30).stdout.split()
+    assert published == [f"{HTTPS_PORT}/tcp", "->", f"127.0.0.1:{lab.port}"]
+    for node in (COORDINATOR, "lab-worker1", APP):
         assert run(["docker", "port", node], timeout=30).stdout.strip() == ""
 
+    edge_public = lab.container_address(EDGE, EDGE_NETWORK)
+    edge_private = lab.container_address(EDGE, PRIVATE_NETWORK)
     app_edge = lab.container_address(APP, EDGE_NETWORK)
     app_private = lab.container_address(APP, PRIVATE_NETWORK)
     coordinator = lab.container_address(COORDINATOR, PRIVATE_NETWORK)
     worker = lab.container_address("lab-worker1", PRIVATE_NETWORK)
-    # A client on the app host's public side: the gateway answers, nothing else does.
+    service_ports = [*GATEWAY_PORTS, *DIALOGS_PORTS]
+    # A client on the public side: the edge's HTTPS answers, nothing else does.
     seen = probe_ports(
         EDGE_NETWORK,
         [
-            (app_edge, 8080),
-            *((app_edge, port) for port in DIALOGS_PORTS),
-            *((app_private, port) for port in DIALOGS_PORTS),
+            (edge_public, HTTPS_PORT),
+            (edge_public, 80),
+            (edge_public, METRICS_PORT),
+            *((app_edge, port) for port in service_ports),
+            *((app_private, port) for port in service_ports),
+            (edge_private, METRICS_PORT),
             (coordinator, 5432),
             (worker, 5432),
         ],
         CITUS_IMAGE,
     )
-    assert seen[f"{app_edge}:8080"] == "open"
-    for port in DIALOGS_PORTS:
-        assert seen[f"{app_edge}:{port}"] == "refused"  # dialogs binds the private address only
+    assert seen[f"{edge_public}:{HTTPS_PORT}"] == "open"
+    assert seen[f"{edge_public}:80"] == "refused"  # edge_http_mode: refuse
+    assert seen[f"{edge_public}:{METRICS_PORT}"] == "refused"  # the private address only
+    for port in service_ports:
+        assert seen[f"{app_edge}:{port}"] == "refused"  # they bind the private address only
         assert seen[f"{app_private}:{port}"] == "unreachable"
+    assert seen[f"{edge_private}:{METRICS_PORT}"] == "unreachable"
     assert seen[f"{coordinator}:5432"] == "unreachable"
     assert seen[f"{worker}:5432"] == "unreachable"
+    # On the private network, the edge's metrics answer (for Prometheus).
+    metrics = docker_exec(
+        APP, "python3", "-c",
+        f"import urllib.request; print(urllib.request.urlopen('http://{edge_private}:"
+        f"{METRICS_PORT}/metrics', timeout=10).read().decode())",
+    )  # fmt: skip
+    assert 'haproxy_backend_active_servers{proxy="gateways"} 2' in metrics
     # The private network has no route out: the app host reaches the Debian mirror through
     # its public side, a worker reaches nothing outside (checked when the mirror answers).
     mirror = ("deb.debian.org", 80)
@@ -300,7 +331,7 @@ def test_stopping_a_dialogs_instance_under_load_is_invisible(
     lab: Lab, client: httpx.Client
 ) -> None:
     """Drill 4a: one dialogs instance stops and comes back; clients see no error."""
-    traffic = Traffic(lab.url, make_pairs(client, 6)).start()
+    traffic = Traffic(lab.url, make_pairs(client, 6), verify=str(lab.ca_file)).start()
     try:
         traffic.wait_requests(100)
         docker_exec(APP, "systemctl", "stop", "dialogs@8081")
@@ -349,7 +380,7 @@ def test_a_stopped_worker_affects_only_its_dialogs(lab: Lab, client: httpx.Clien
         pairs.append((a, b))
     assert len(set(placement.values())) == 2, f"all dialogs on one worker: {placement}"
     victim = placement[0]
-    units = [f"dialogs@{port}" for port in DIALOGS_PORTS] + ["gateway@8080"]
+    units = [f"dialogs@{port}" for port in DIALOGS_PORTS] + GATEWAY_UNITS
     starts = {unit: lab.unit_start(unit) for unit in units}
 
     run(["docker", "stop", victim], timeout=120)
@@ -396,8 +427,8 @@ def test_a_stopped_worker_affects_only_its_dialogs(lab: Lab, client: httpx.Clien
 def test_redeploy_with_a_changed_setting_under_load(lab: Lab, client: httpx.Client) -> None:
     """Drill 5: a rolling restart of the dialogs instances drops no request."""
     starts = {port: lab.unit_start(f"dialogs@{port}") for port in DIALOGS_PORTS}
-    gateway_start = lab.unit_start("gateway@8080")
-    traffic = Traffic(lab.url, make_pairs(client, 6)).start()
+    gateway_starts = [lab.unit_start(unit) for unit in GATEWAY_UNITS]
+    traffic = Traffic(lab.url, make_pairs(client, 6), verify=str(lab.ca_file)).start()
     try:
         traffic.wait_requests(100)
         started = time.monotonic()
@@ -412,7 +443,7 @@ def test_redeploy_with_a_changed_setting_under_load(lab: Lab, client: httpx.Clie
     )
     assert result[APP]["changed"] > 0
     assert all(lab.unit_start(f"dialogs@{port}") != starts[port] for port in DIALOGS_PORTS)
-    assert lab.unit_start("gateway@8080") == gateway_start
+    assert [lab.unit_start(unit) for unit in GATEWAY_UNITS] == gateway_starts
     setting = docker_exec(APP, "grep", "^DIALOGS_POOL_MAX_SIZE=", "/etc/dialogs/dialogs.env")
     assert setting.strip() == 'DIALOGS_POOL_MAX_SIZE="8"'
     assert not traffic.failures, traffic.failures[:5]
@@ -420,11 +451,224 @@ def test_redeploy_with_a_changed_setting_under_load(lab: Lab, client: httpx.Clie
     assert (tally.missing, tally.duplicated, tally.unexpected) == (0, 0, 0)
 
 
+# --- the edge ------------------------------------------------------------------------------
+
+# Run by python3 in a throw-away container on the public network (its own address): opens
+# COUNT TLS connections to the edge, each sending half a request head and nothing more, and
+# reports as JSON what became of them.
+PARTIAL_REQUESTS = r"""
+import asyncio, json, ssl, sys, time
+host, count, hold_s = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+context = ssl.create_default_context(cafile="/ca.crt")
+outcomes = {"refused": 0, "408": 0, "closed": 0, "held": 0}
+cut_after = []
+
+async def one():
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(
+            host, 443, ssl=context, server_hostname="lab-edge1"), 20)
+        writer.write(b"POST /login HTTP/1.1\r\nHost: lab-edge1\r\nContent-Le")
+        await writer.drain()
+    except (OSError, asyncio.TimeoutError):
+        outcomes["refused"] += 1
+        return
+    sent = time.monotonic()
+    try:
+        answer = await asyncio.wait_for(reader.read(200), hold_s)
+    except asyncio.TimeoutError:
+        outcomes["held"] += 1
+        return
+    except OSError:
+        answer = b""
+    cut_after.append(time.monotonic() - sent)
+    outcomes["408" if answer.startswith(b"HTTP/1.1 408") else "closed"] += 1
+    writer.close()
+
+async def main():
+    limit = asyncio.Semaphore(500)
+    async def bounded():
+        async with limit:
+            await one()
+    await asyncio.gather(*(bounded() for _ in range(count)))
+    print(json.dumps(outcomes | {"max_cut_s": max(cut_after, default=0.0)}))
+
+asyncio.run(main())
+"""
+
+
+def _from_public_side(lab: Lab, script: str, *args: str, timeout: float = 300) -> str:
+    """Runs ``script`` with python3 in a throw-away container on the public network (an
+    address of its own, not this machine's), the lab's CA at /ca.crt."""
+    return run(
+        [
+            "docker", "run", "--rm", "--label", LABEL, "--network", EDGE_NETWORK,
+            "-v", f"{lab.ca_file}:/ca.crt:ro", "--entrypoint", "python3", BASE_IMAGE,
+            "-c", script, *args,
+        ],
+        timeout=timeout,
+    ).stdout  # fmt: skip
+
+
+def test_edge_cuts_partial_requests_while_others_are_served(lab: Lab, client: httpx.Client) -> None:
+    """Edge drill 1: 3,000 requests whose head never ends, from one address, while a careful
+    client sends and lists through the edge: the careful client sees no failure; the
+    partial requests are refused beyond the per-address bound or cut with a 408 within the
+    request timeout (edge_timeout_http_request_s, 5 s)."""
+    edge = lab.container_address(EDGE, EDGE_NETWORK)
+    traffic = Traffic(lab.url, make_pairs(client, 6), verify=str(lab.ca_file), retries=6)
+    traffic.start()
+    try:
+        traffic.wait_requests(50)
+        before = traffic.requests
+        started = time.monotonic()
+        outcome = json.loads(_from_public_side(lab, PARTIAL_REQUESTS, edge, "3000", "20"))
+        took = time.monotonic() - started
+        during = traffic.requests - before
+        traffic.wait_requests(50)
+    finally:
+        traffic.stop()
+    print(
+        f"\n[lab] 3000 partial requests from one address in {took:.1f} s: {outcome}; careful "
+        f"client: {traffic.requests} requests ({during} during), {len(traffic.failures)} "
+        f"failed, {traffic.retried} retried, p99 {traffic.p99_ms():.0f} ms"
+    )
+    assert not traffic.failures, traffic.failures[:5]
+    assert during > 0, "the careful client was not served during the attack"
+    assert sum(outcome[key] for key in ("refused", "408", "closed", "held")) == 3000
+    assert outcome["held"] == 0, "a partial request was held longer than 20 s"
+    # At most edge_max_connections_per_client (100) got in; each was cut with a 408.
+    assert 0 < outcome["408"] <= 100
+    assert outcome["refused"] >= 2900
+    assert outcome["max_cut_s"] < 10
+    tally = reconcile(client, traffic)
+    assert (tally.missing, tally.duplicated, tally.unexpected) == (0, 0, 0)
+
+
+def _edge_view(lab: Lab) -> dict[str, str]:
+    """gateway instance address -> HAProxy's state of it (UP, DOWN, ...)."""
+    output = lab.bin_lab("status", timeout=120)
+    view = output.split("== the edge's view of the gateway instances", 1)[1].split("==", 1)[0]
+    return {row.split()[0]: row.split()[1] for row in view.splitlines()[1:] if row.strip()}
+
+
+def test_a_killed_gateway_instance_costs_nothing_through_the_edge(
+    lab: Lab, client: httpx.Client
+) -> None:
+    """Edge drill 2: one gateway instance is killed (SIGKILL) under load; the edge takes it
+    out and, once systemd restarted it, back in; the careful client loses nothing."""
+    victim = f"gateway@{GATEWAY_PORTS[0]}"
+    start = lab.unit_start(victim)
+    traffic = Traffic(lab.url, make_pairs(client, 6), verify=str(lab.ca_file), retries=6)
+    traffic.start()
+    try:
+        traffic.wait_requests(100)
+        docker_exec(APP, "systemctl", "kill", "--signal=SIGKILL", victim)
+        killed = time.monotonic()
+        back_s = None
+        for _ in range(120):
+            if lab.unit_start(victim) != start and all(
+                state == "UP" for state in _edge_view(lab).values()
+            ):
+                back_s = time.monotonic() - killed
+                break
+            time.sleep(0.5)
+        traffic.wait_requests(100)
+    finally:
+        traffic.stop()
+    tally = reconcile(client, traffic)
+    print(
+        f"\n[lab] gateway instance killed: back in the edge after {back_s} s; "
+        f"{traffic.requests} requests, {traffic.retried} retried, {len(traffic.failures)} "
+        f"failed; {tally.acknowledged} acknowledged, {tally.missing} missing, "
+        f"{tally.duplicated} duplicated"
+    )
+    assert back_s is not None, "the killed instance did not come back into the edge"
+    assert not traffic.failures, traffic.failures[:5]
+    assert (tally.missing, tally.duplicated, tally.unexpected) == (0, 0, 0)
+
+
+def test_tls_is_verified_and_old_protocols_and_plain_http_are_refused(lab: Lab) -> None:
+    """Edge drill 3: a client verifies the certificate against the lab CA and gets TLS 1.2+
+    with HSTS; TLS 1.0 and 1.1, plain HTTP and a wrong host name fail."""
+    with lab.client() as client:
+        reply = client.get("/readyz")
+    assert reply.status_code == 200
+    assert reply.headers["Strict-Transport-Security"] == "max-age=63072000"
+
+    def handshake(name: str, versions: tuple[ssl.TLSVersion, ssl.TLSVersion] | None = None) -> str:
+        context = ssl.create_default_context(cafile=str(lab.ca_file))
+        if versions:
+            context.set_ciphers("DEFAULT:@SECLEVEL=0")  # let this client offer old versions
+            context.minimum_version, context.maximum_version = versions
+        try:
+            with (
+                socket.create_connection(("127.0.0.1", lab.port), timeout=10) as raw,
+                context.wrap_socket(raw, server_hostname=name) as tls,
+            ):
+                return str(tls.version())
+        except ssl.SSLError as error:
+            return f"refused: {error}"
+
+    assert handshake("localhost") in ("TLSv1.2", "TLSv1.3")
+    assert handshake("localhost", (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_2)) == "TLSv1.2"
+    for old in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1):
+        outcome = handshake("localhost", (old, old))
+        assert outcome.startswith("refused"), outcome
+        assert "protocol version" in outcome.lower() or "alert" in outcome.lower(), outcome
+    wrong_name = handshake("api.wrong.example")
+    assert "certificate verify failed" in wrong_name, wrong_name
+    assert "Hostname mismatch" in wrong_name or "match" in wrong_name, wrong_name
+    # Plain HTTP to the HTTPS port gets no HTTP answer.
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{lab.port}/readyz", timeout=10)
+
+
+# Run in a throw-away container on the public network: failed logins for random user ids,
+# each with a forged X-Forwarded-For, until a 429; prints the attempts made and the last
+# statuses.
+FAILED_LOGINS = r"""
+import http.client, json, ssl, sys, uuid
+host, most = sys.argv[1], int(sys.argv[2])
+context = ssl.create_default_context(cafile="/ca.crt")
+statuses = []
+for attempt in range(most):
+    connection = http.client.HTTPSConnection(host, 443, context=context, timeout=30)
+    connection.request(
+        "POST", "/login",
+        body=json.dumps({"id": str(uuid.uuid4()), "password": "not-the-password"}),
+        headers={"Content-Type": "application/json", "Host": "lab-edge1",
+                 "X-Forwarded-For": f"198.51.100.{attempt % 250}"},
+    )
+    statuses.append(connection.getresponse().status)
+    connection.close()
+    if statuses[-4:] == [429] * 4:
+        break
+print(json.dumps({"attempts": len(statuses), "last": statuses[-4:]}))
+"""
+
+
+def test_login_throttling_counts_the_client_behind_the_edge(lab: Lab) -> None:
+    """Edge drill 4: failed logins from one address are throttled (429) even when it forges
+    X-Forwarded-For; a client at another address is not."""
+    edge = lab.container_address(EDGE, EDGE_NETWORK)
+    # Both instances throttle an address after 50 failures each (GATEWAY_LOGIN_MAX_FAILURES_
+    # PER_ADDRESS); the edge balances between them.
+    outcome = json.loads(_from_public_side(lab, FAILED_LOGINS, edge, "160"))
+    with lab.client() as client:
+        other = client.post("/login", json={"id": str(uuid.uuid4()), "password": "x" * 12})
+    print(
+        f"\n[lab] failed logins from one address: {outcome}; another address: {other.status_code}"
+    )
+    assert outcome["last"] == [429] * 4, outcome
+    assert outcome["attempts"] <= 130, outcome  # 2 instances x 50 (balanced), then throttled
+    assert other.status_code == 404, other.text  # not throttled: just an unknown user
+
+
 def test_scale_out_from_two_to_four_workers_under_load(lab: Lab, client: httpx.Client) -> None:
     """Drill 3: `bin/lab scale 2` while a client keeps sending and listing: every
     acknowledged message is there exactly once, no request failed, shards on 4 workers."""
     before = lab.shards_per_node()
-    traffic = Traffic(lab.url, make_pairs(client, 8)).start()
+    traffic = Traffic(lab.url, make_pairs(client, 8), verify=str(lab.ca_file)).start()
     try:
         traffic.wait_requests(100)
         started = time.monotonic()
@@ -453,10 +697,14 @@ def test_scale_out_from_two_to_four_workers_under_load(lab: Lab, client: httpx.C
 
 def test_status_shows_nodes_shards_and_instances(lab: Lab) -> None:
     output = lab.bin_lab("status", timeout=120)
-    for name in ("lab-coordinator", "lab-worker4", APP):
+    for name in ("lab-coordinator", "lab-worker4", APP, EDGE):
         assert name in output
     shards = output.split("== shards per node", 1)[1].split("==", 1)[0]
     assert len(re.findall(r"lab-worker\d", shards)) == 4
-    for unit in ("dialogs@8081.service", "dialogs@8082.service", "gateway@8080.service"):
-        assert re.search(rf"{re.escape(unit)}\s+loaded\s+active\s+running", output)
+    for unit in [f"dialogs@{port}" for port in DIALOGS_PORTS] + GATEWAY_UNITS:
+        assert re.search(rf"{re.escape(unit)}.service\s+loaded\s+active\s+running", output)
+    # The edge's view: every gateway instance up, its health check passing.
+    view = output.split("== the edge's view of the gateway instances", 1)[1].split("==", 1)[0]
+    for port in GATEWAY_PORTS:
+        assert re.search(rf":{port}\s+UP\s+L7OK", view), view
     assert '"status":"ready"' in output.replace(" ", "")

@@ -1,5 +1,5 @@
-"""The service roles (dialogs, gateway): their molecule scenarios on a systemd container
-(create, converge, idempotence, side effect, verify, destroy) and ansible-lint's
+"""The service roles (dialogs, gateway) and the edge: their molecule scenarios on a systemd
+container (create, converge, idempotence, side effect, verify, destroy) and ansible-lint's
 production profile on them and on the playbooks and lab inventory that use them."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_wheelhouse(tmp_path_factory.mktemp("wheelhouse"))
 
 
-@pytest.mark.parametrize("role", ["dialogs", "gateway"])
+@pytest.mark.parametrize("role", ["dialogs", "gateway", "edge"])
 def test_molecule_scenario(role: str, wheelhouse: Path, citus_image: str) -> None:
     result = run(
         [str(VENV_BIN / "molecule"), "test"],
@@ -50,8 +50,9 @@ def test_ansible_lint_production_profile() -> None:
     result = run(
         [
             str(VENV_BIN / "ansible-lint"), "--nocolor", "--profile", "production",
-            "roles/dialogs", "roles/gateway", "roles/python_app", "molecule/services",
-            "playbooks/services.yml", "playbooks/site.yml", "inventory/lab",
+            "roles/dialogs", "roles/gateway", "roles/python_app", "roles/edge",
+            "molecule/services", "playbooks/services.yml", "playbooks/edge.yml",
+            "playbooks/site.yml", "inventory/lab",
         ],
         timeout=900,
         env={"PATH": f"{VENV_BIN}:{os.environ['PATH']}"},
@@ -76,6 +77,12 @@ _VALID: dict[str, dict[str, object]] = {
         "gateway_internal_token": "preflight-internal-token",
         "gateway_jwt_secret": "preflight-jwt-secret-0123456789abcdef",
     },
+    "edge": {
+        "edge_backends": ["10.0.0.5:8090"],
+        "edge_metrics_address": "10.0.0.4",
+        "edge_tls_certificate": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----",
+        "edge_tls_private_key": "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----",
+    },
 }
 
 
@@ -97,7 +104,17 @@ _BAD_INPUT: list[tuple[str, dict[str, object], str]] = [
     ("gateway", {"gateway_upstreams": []},
      "gateway_upstreams must list the dialogs instances' base URLs"),
     ("gateway", {"gateway_upstreams": ["ftp://10.0.0.5"]}, "gateway_upstreams must list the"),
+    ("edge", {"edge_tls_private_key": ""}, "edge_tls_private_key is missing or holds no PEM"),
+    ("edge", {"edge_tls_certificate": "not a certificate"},
+     "edge_tls_certificate is missing or holds no PEM certificate"),
+    ("edge", {"edge_backends": []}, "edge_backends must list every gateway instance"),
+    ("edge", {"edge_backends": ["http://10.0.0.5:8090"]}, "edge_backends must list every"),
+    ("edge", {"edge_metrics_address": "0.0.0.0"}, "edge_metrics_address must be one private"),
+    ("edge", {"edge_limit_nofile": 1000, "edge_maxconn": 4000},
+     "edge_maxconn (4000) must be >= 100 and leave two descriptors"),
+    ("edge", {"edge_timeout_http_request_s": 0}, "edge_timeout_http_request_s,"),
     # Caught one step earlier, by the role's argument spec:
+    ("edge", {"edge_http_mode": "allow"}, "value of edge_http_mode must be one of: refuse"),
     ("gateway", {"gateway_database_sslmode": "on"},
      "value of gateway_database_sslmode must be one of: disable, allow, prefer"),
 ]  # fmt: skip
@@ -154,7 +171,7 @@ def _spec_row(name: str, spec: dict[str, Any]) -> str:
     return f"| `{name}` | {kind} | {default} | {description.replace('|', chr(92) + '|')} |"
 
 
-@pytest.mark.parametrize("role", ["dialogs", "gateway", "python_app"])
+@pytest.mark.parametrize("role", ["dialogs", "gateway", "python_app", "edge"])
 def test_readme_options_table_matches_the_argument_spec(role: str) -> None:
     role_dir = REPO_ROOT / "roles" / role
     spec = yaml.safe_load((role_dir / "meta" / "argument_specs.yml").read_text())
