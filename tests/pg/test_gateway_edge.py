@@ -150,6 +150,7 @@ def test_a_stalled_request_head_or_body_is_cut_while_others_are_served(stack: St
         answer, waited = answer_until_closed(conn)
         assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
         assert b"connection: close" in answer.lower()
+        assert b'"code":"request_timeout"' in answer
         assert waited < CUT_WITHIN_S
     # A connection that never sends a byte is closed after the keep-alive timeout, unanswered.
     answer, waited = answer_until_closed(silent)
