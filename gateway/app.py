@@ -13,9 +13,12 @@ from typing import Any
 
 import orjson
 from sanic import HTTPResponse, Request, Sanic
+from sanic.exceptions import RequestTimeout
+from sanic.http import Http
 from sanic.response import raw
 
 from gateway import payloads
+from gateway.client_address import ClientAddresses
 from gateway.config import Settings
 from gateway.forwarding import Forwarder, Reply
 from gateway.passwords import Passwords
@@ -50,16 +53,46 @@ class Unauthorized(ApiError):
             self.challenge += f', error="invalid_token", error_description="{message}"'
 
 
+class BodyTimeoutRequest(Request):
+    """A request whose body must arrive within REQUEST_TIMEOUT.
+
+    Sanic's REQUEST_TIMEOUT covers the request head only: it reads the body once the
+    handler stage has begun, where only RESPONSE_TIMEOUT (60 s) would cut a client that
+    stops short of its Content-Length.
+    """
+
+    async def receive_body(self) -> None:
+        try:
+            async with asyncio.timeout(self.app.config.REQUEST_TIMEOUT):
+                await super().receive_body()  # type: ignore[no-untyped-call]
+        except TimeoutError:
+            stream = self.stream
+            if isinstance(stream, Http):  # HTTP/1.1, the only protocol the gateway serves
+                # Read nothing more from this client: no draining of the rest, no next
+                # request on the connection; it closes after the 408.
+                stream.request_body = None
+                stream.keep_alive = False
+            raise RequestTimeout("the request body was not received in time") from None
+
+
 def openapi_document() -> bytes:
     return importlib.resources.files("gateway").joinpath("openapi.yaml").read_bytes()
 
 
 def create_app(settings: Settings) -> Sanic:
-    app = Sanic("gateway", log_config=log_config(settings.log_level))
+    app = Sanic(
+        "gateway", log_config=log_config(settings.log_level), request_class=BodyTimeoutRequest
+    )
     app.config.REQUEST_MAX_SIZE = settings.max_body_bytes
     app.config.GRACEFUL_SHUTDOWN_TIMEOUT = 10.0
     app.config.NOISY_EXCEPTIONS = False
-    app.config.PROXIES_COUNT = settings.proxies_count
+    # Sanic reads no client address from headers (not even from SANIC_* variables): only
+    # gateway/client_address.py does, and only from GATEWAY_TRUSTED_PROXIES.
+    app.config.PROXIES_COUNT = 0
+    app.config.REAL_IP_HEADER = None
+    app.config.FORWARDED_SECRET = None
+    app.config.REQUEST_TIMEOUT = settings.request_timeout_s
+    app.config.KEEP_ALIVE_TIMEOUT = settings.keep_alive_timeout_s
     app.ctx.settings = settings
     http.install(app)
     metrics.install(app, "gateway")
@@ -220,6 +253,7 @@ def _upstream_error(reply: Reply) -> HTTPResponse:
 
 def _install_routes(app: Sanic, settings: Settings) -> None:
     document = openapi_document()
+    clients = ClientAddresses(settings.trusted_proxies)
 
     @app.post("/login", name="login")
     async def login(request: Request) -> HTTPResponse:
@@ -229,7 +263,8 @@ def _install_routes(app: Sanic, settings: Settings) -> None:
                 501, "tokens are issued by the identity provider, not here", "login_disabled"
             )
         body = payloads.parse_login(request)
-        address = request.remote_addr or request.ip
+        # request.ip: the socket's peer, never a header.
+        address = clients.of(request.ip, request.headers.getall("x-forwarded-for", []))
         wait = ctx.throttle.retry_after(body.user_id, address)
         if wait is not None:
             raise ApiError(

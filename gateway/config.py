@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from gateway.client_address import Network, parse_networks
 from servicekit.config import ConfigError, Env
 
 HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
@@ -157,12 +158,18 @@ class Settings:
     argon2_time_cost: int = 3
     argon2_memory_kib: int = 65536
     argon2_parallelism: int = 4
-    proxies_count: int = 0
+    # The edge proxies whose X-Forwarded-For names the client (gateway/client_address.py).
+    trusted_proxies: tuple[Network, ...] = ()
+    # Sanic's REQUEST_TIMEOUT (a request head or body stalled this long: 408) and
+    # KEEP_ALIVE_TIMEOUT (an idle connection closed after this long).
+    request_timeout_s: int = 10
+    keep_alive_timeout_s: int = 5
     log_level: str = "INFO"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = Env(environ)
+        raw = os.environ if environ is None else environ
         database_url = env.text("GATEWAY_DATABASE_URL", secret=True)
         if not database_url.startswith(("postgresql://", "postgres://")):
             raise ConfigError("GATEWAY_DATABASE_URL must be a postgresql:// URL")
@@ -224,7 +231,13 @@ class Settings:
                 "GATEWAY_ARGON2_MEMORY_KIB", 65536, minimum=8192, maximum=4 * 1024 * 1024
             ),
             argon2_parallelism=env.integer("GATEWAY_ARGON2_PARALLELISM", 4, minimum=1, maximum=64),
-            proxies_count=env.integer("GATEWAY_PROXIES_COUNT", 0, minimum=0, maximum=10),
+            trusted_proxies=parse_networks(
+                "GATEWAY_TRUSTED_PROXIES", raw.get("GATEWAY_TRUSTED_PROXIES", "")
+            ),
+            request_timeout_s=env.integer("GATEWAY_REQUEST_TIMEOUT_S", 10, minimum=1, maximum=300),
+            keep_alive_timeout_s=env.integer(
+                "GATEWAY_KEEP_ALIVE_TIMEOUT_S", 5, minimum=1, maximum=300
+            ),
             log_level=log_level,
         )
 

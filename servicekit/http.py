@@ -109,6 +109,7 @@ def install(app: Sanic, *, unexpected_code: str = "internal_error") -> None:
             400: contract.BAD_REQUEST,
             404: "not_found",
             405: "method_not_allowed",
+            408: "request_timeout",
             413: contract.PAYLOAD_TOO_LARGE,
             415: "unsupported_media_type",
         }.get(status, "client_error")

@@ -38,7 +38,8 @@ def stack(pg_server: PgServer, database: str) -> Iterator[Stack]:
     env = {
         "GATEWAY_LOGIN_MAX_FAILURES": "3",
         "GATEWAY_LOGIN_MAX_FAILURES_PER_ADDRESS": "6",
-        "GATEWAY_PROXIES_COUNT": "1",  # X-Forwarded-For names the client, as behind a proxy
+        # The tests' own loopback address is the edge: X-Forwarded-For names the client.
+        "GATEWAY_TRUSTED_PROXIES": "127.0.0.1",
     }
     with running_stack(pg_server.dsn_for(database), gateway_env=env) as running:
         yield running

@@ -46,6 +46,21 @@ def test_defaults() -> None:
     assert settings.tokens.can_issue
     assert settings.max_text_length == 4096
     assert settings.upstream_connect_timeout_s == 1.0
+    assert settings.trusted_proxies == ()
+    assert (settings.request_timeout_s, settings.keep_alive_timeout_s) == (10, 5)
+
+
+def test_trusted_proxies_and_timeouts_are_read() -> None:
+    settings = Settings.from_env(
+        BASE
+        | {
+            "GATEWAY_TRUSTED_PROXIES": "10.0.0.5, fd00::/8",
+            "GATEWAY_REQUEST_TIMEOUT_S": "2",
+            "GATEWAY_KEEP_ALIVE_TIMEOUT_S": "300",
+        }
+    )
+    assert [str(n) for n in settings.trusted_proxies] == ["10.0.0.5/32", "fd00::/8"]
+    assert (settings.request_timeout_s, settings.keep_alive_timeout_s) == (2, 300)
 
 
 def test_secrets_stay_out_of_repr() -> None:
@@ -84,6 +99,13 @@ def test_secrets_stay_out_of_repr() -> None:
         ({"GATEWAY_LOGIN_MAX_FAILURES": "0"}, "GATEWAY_LOGIN_MAX_FAILURES"),
         ({"GATEWAY_ARGON2_MEMORY_KIB": "1024"}, "GATEWAY_ARGON2_MEMORY_KIB"),
         ({"GATEWAY_LOG_LEVEL": "LOUD"}, "GATEWAY_LOG_LEVEL"),
+        ({"GATEWAY_TRUSTED_PROXIES": "10.0.0.1,edge"}, "GATEWAY_TRUSTED_PROXIES"),
+        ({"GATEWAY_TRUSTED_PROXIES": "10.0.0.0/33"}, "GATEWAY_TRUSTED_PROXIES"),
+        ({"GATEWAY_REQUEST_TIMEOUT_S": "0"}, "GATEWAY_REQUEST_TIMEOUT_S"),
+        ({"GATEWAY_REQUEST_TIMEOUT_S": "301"}, "GATEWAY_REQUEST_TIMEOUT_S"),
+        ({"GATEWAY_REQUEST_TIMEOUT_S": "2.5"}, "GATEWAY_REQUEST_TIMEOUT_S"),
+        ({"GATEWAY_KEEP_ALIVE_TIMEOUT_S": "0"}, "GATEWAY_KEEP_ALIVE_TIMEOUT_S"),
+        ({"GATEWAY_KEEP_ALIVE_TIMEOUT_S": "forever"}, "GATEWAY_KEEP_ALIVE_TIMEOUT_S"),
     ],
 )
 def test_bad_values_name_the_variable(change: dict[str, str], variable: str) -> None:
