@@ -80,6 +80,7 @@ _VALID: dict[str, dict[str, object]] = {
     "edge": {
         "edge_backends": ["10.0.0.5:8090"],
         "edge_metrics_address": "10.0.0.4",
+        "edge_limit_nofile": 10000,
         "edge_tls_certificate": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----",
         "edge_tls_private_key": "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----",
     },
@@ -113,6 +114,8 @@ _BAD_INPUT: list[tuple[str, dict[str, object], str]] = [
     ("edge", {"edge_limit_nofile": 1000, "edge_maxconn": 4000},
      "edge_maxconn (4000) must be >= 100 and leave two descriptors"),
     ("edge", {"edge_timeout_http_request_s": 0}, "edge_timeout_http_request_s,"),
+    ("edge", {"edge_limit_nofile": 2_000_000_000},
+     "edge_limit_nofile (2000000000) is above the open-files limit of this host's systemd"),
     # Caught one step earlier, by the role's argument spec:
     ("edge", {"edge_http_mode": "allow"}, "value of edge_http_mode must be one of: refuse"),
     ("gateway", {"gateway_database_sslmode": "on"},
@@ -127,7 +130,9 @@ def test_preflight_names_the_variable_to_fix(
     """Bad input stops the role in its first tasks (argument spec, then preflight), before
     anything changes on the host, with a message that names the variable."""
     variables = tmp_path / "vars.json"
-    variables.write_text(json.dumps(_VALID[role] | bad))
+    # Preflight may read the host (the edge reads its file limit): with this Python.
+    interpreter = {"ansible_python_interpreter": str(VENV_BIN / "python")}
+    variables.write_text(json.dumps(_VALID[role] | bad | interpreter))
     playbook = tmp_path / "play.yml"
     playbook.write_text(
         "- hosts: localhost\n"
