@@ -129,13 +129,19 @@ def test_the_cluster_runs_the_citus_release_of_its_image(lab: Lab) -> None:
 
 
 def test_second_site_run_changes_nothing(lab: Lab) -> None:
-    """Drill 6: the deployment is idempotent end to end."""
+    """Drill 6: the deployment is idempotent end to end, and check mode works on it."""
     started = time.monotonic()
     result = lab.playbook("site.yml")
     print(f"\n[lab] second site.yml run: {time.monotonic() - started:.0f} s")
     changed = {host: counts["changed"] for host, counts in result.items() if counts["changed"]}
     assert changed == {}, f"a second site.yml run changed something: {changed}"
     assert {"lab-coordinator", "lab-worker1", "lab-worker2", APP, EDGE} <= set(result)
+    # Check mode on the converged lab: nothing would change, nothing fails.
+    checked = lab.playbook("site.yml", "--check")
+    would_change = {
+        host: counts["changed"] for host, counts in checked.items() if counts["changed"]
+    }
+    assert would_change == {}, f"site.yml --check would change: {would_change}"
 
 
 def test_public_api_end_to_end(lab: Lab, client: httpx.Client) -> None:
@@ -585,6 +591,34 @@ def test_a_killed_gateway_instance_costs_nothing_through_the_edge(
     )
     assert back_s is not None, "the killed instance did not come back into the edge"
     assert not traffic.failures, traffic.failures[:5]
+    assert (tally.missing, tally.duplicated, tally.unexpected) == (0, 0, 0)
+
+
+def test_a_rolling_restart_of_the_gateways_drains_through_the_edge(
+    lab: Lab, client: httpx.Client
+) -> None:
+    """Edge drill 2b: a changed gateway setting restarts both gateway instances one at a
+    time under load; through the edge, no request fails (no client retry)."""
+    starts = [lab.unit_start(unit) for unit in GATEWAY_UNITS]
+    traffic = Traffic(lab.url, make_pairs(client, 6), verify=str(lab.ca_file)).start()
+    try:
+        traffic.wait_requests(100)
+        started = time.monotonic()
+        lab.playbook("services.yml", "--tags", "gateway", "-e", "gateway_upstream_timeout_s=6")
+        took = time.monotonic() - started
+        traffic.wait_requests(100)
+    finally:
+        traffic.stop()
+    print(
+        f"\n[lab] gateways' rolling restart through the edge: services.yml {took:.0f} s, "
+        f"{traffic.requests} requests, {len(traffic.failures)} failed"
+    )
+    restarted = [
+        lab.unit_start(unit) != start for unit, start in zip(GATEWAY_UNITS, starts, strict=True)
+    ]
+    assert all(restarted), dict(zip(GATEWAY_UNITS, restarted, strict=True))
+    assert not traffic.failures, traffic.failures[:5]
+    tally = reconcile(client, traffic)
     assert (tally.missing, tally.duplicated, tally.unexpected) == (0, 0, 0)
 
 
