@@ -10,8 +10,10 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # Debian packages: PostgreSQL 15 for the pg tier, docker + debootstrap for the lab.
 ensure_system_packages() {
+    # apt-utils (apt-ftparchive), gnupg and binutils (readelf): the lab test that installs
+    # Citus from a local signed apt repository builds that repository.
     local wanted=(postgresql-15 postgresql-contrib python3-venv docker.io debootstrap
-                  rsync curl jq ca-certificates)
+                  rsync curl jq ca-certificates apt-utils gnupg binutils)
     local missing=()
     for pkg in "${wanted[@]}"; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
