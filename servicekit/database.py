@@ -1,6 +1,11 @@
 """The services' database plumbing: a pool with bounded waits everywhere, and turning
 database failures into answers (unreachable or overloaded means 503 with Retry-After, so
-the client may try again; anything else is a logged 500)."""
+the client may try again; anything else is a logged 500).
+
+The URL may name several servers (``postgresql://u:p@h1:5432,h2:5432/db?
+target_session_attrs=read-write``): each new connection goes to whichever of them is the
+primary now, so the pool follows a failover by itself (a connection broken by it is
+dropped on release and replaced on the next acquire)."""
 
 from __future__ import annotations
 
@@ -94,6 +99,12 @@ class Database:
             except asyncio.CancelledError:  # the deadline passed, or the request was dropped
                 conn.terminate()
                 raise
+            except asyncpg.InternalClientError:
+                # The server ended the session while it sat idle in the pool (a primary
+                # shutting down for a switchover sends its FATAL before closing): asyncpg is
+                # left mid-protocol on it. Never hand it out again.
+                conn.terminate()
+                raise
             finally:
                 await self._pool.release(conn)
 
@@ -113,7 +124,11 @@ def install_error_handlers(app: Sanic, *, store: str, retry_after_s: int) -> Non
             retry_after=retry_after_s,
         )
 
-    @app.exception(OSError, TimeoutError, asyncpg.InterfaceError)
+    # InternalClientError: a connection the server ended under asyncpg (see connection()),
+    # or TargetServerAttributeNotMatched, its subclass: a multi-host URL with
+    # target_session_attrs found no server of the kind asked for (during a failover, before
+    # the standby is promoted).
+    @app.exception(OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError)
     async def on_connection_error(request: Request, error: Exception) -> HTTPResponse:
         return http.error_response(request, unavailable(error))
 
