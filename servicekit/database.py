@@ -23,7 +23,8 @@ from servicekit.http import ApiError
 
 log = logging.getLogger("servicekit.database")
 
-# SQLSTATE classes that mean "the database cannot serve right now", not "bad request":
+# SQLSTATE classes that mean "the database cannot serve right now", not "bad request"
+# (as does any FATAL error, see on_database_error):
 # 08 connection exception, 53 insufficient resources, 57 operator intervention (includes
 # statement timeout and shutdown), 58 system error.
 UNAVAILABLE_CLASSES = ("08", "53", "57", "58")
@@ -135,7 +136,10 @@ def install_error_handlers(app: Sanic, *, store: str, retry_after_s: int) -> Non
     @app.exception(asyncpg.PostgresError)
     async def on_database_error(request: Request, error: asyncpg.PostgresError) -> HTTPResponse:
         sqlstate = getattr(error, "sqlstate", "") or ""
-        if sqlstate.startswith(UNAVAILABLE_CLASSES):
+        # FATAL: the server is ending the session, whatever the code (a backend whose
+        # postmaster died says so with XX000): the next connection may well be served.
+        fatal = getattr(error, "severity", None) in ("FATAL", "PANIC")
+        if sqlstate.startswith(UNAVAILABLE_CLASSES) or fatal:
             return http.error_response(request, unavailable(error))
         log.error("database error %s", sqlstate, exc_info=error)
         return http.error_response(request, ApiError(500, "internal error", "db_error"))
