@@ -113,6 +113,12 @@ class Database:
         await self._pool.close()
 
 
+def _server_died(error: asyncpg.PostgresError) -> bool:
+    # Citus reports its postmaster's death during a distributed statement as a plain ERROR
+    # without a code (XX000), the server's own "terminating connection" being a FATAL 57P01.
+    return getattr(error, "sqlstate", None) == "XX000" and "postmaster was shut down" in str(error)
+
+
 def install_error_handlers(app: Sanic, *, store: str, retry_after_s: int) -> None:
     """``store`` names what is down in the client's message, e.g. "the message store"."""
 
@@ -139,7 +145,7 @@ def install_error_handlers(app: Sanic, *, store: str, retry_after_s: int) -> Non
         # FATAL: the server is ending the session, whatever the code (a backend whose
         # postmaster died says so with XX000): the next connection may well be served.
         fatal = getattr(error, "severity", None) in ("FATAL", "PANIC")
-        if sqlstate.startswith(UNAVAILABLE_CLASSES) or fatal:
+        if sqlstate.startswith(UNAVAILABLE_CLASSES) or fatal or _server_died(error):
             return http.error_response(request, unavailable(error))
         log.error("database error %s", sqlstate, exc_info=error)
         return http.error_response(request, ApiError(500, "internal error", "db_error"))
