@@ -6,12 +6,21 @@ import pytest
 
 from tests.support.ha import HaCluster
 
+_start_failed: list[str] = []
+
 
 @pytest.fixture(scope="session")
 def ha_cluster() -> Iterator[HaCluster]:
     """3 etcd members; group 0 (the coordinator) and group 1 (a worker group), each a
     Patroni primary and a synchronous standby."""
-    cluster = HaCluster.start(group_sizes=(2, 2))
+    # pytest sets a failed session fixture up again for each test: fail once, not each time.
+    if _start_failed:
+        pytest.fail(f"the ha cluster did not start (see the first error): {_start_failed[0]}")
+    try:
+        cluster = HaCluster.start(group_sizes=(2, 2))
+    except Exception as error:
+        _start_failed.append(str(error).splitlines()[0])
+        raise
     yield cluster
     cluster.destroy()
 

@@ -1,11 +1,13 @@
-"""The real dialogs service follows the coordinator's primary: its database URL names both
-servers of the Patroni coordinator group with target_session_attrs=read-write. Killing
-the primary under sends (each with its Idempotency-Key, retried by the client) answers
-503 with Retry-After while no primary is there, never a 500 or a hang, and the pool
-recovers by itself: nothing acknowledged is lost or duplicated."""
+"""The real dialogs service follows the primaries: its database URL names both servers of
+the Patroni coordinator group with target_session_attrs=read-write, and Citus follows the
+worker group's through pg_dist_node. Killing either group's primary under sends (each with
+its Idempotency-Key, retried by the client) answers 503 with Retry-After until a primary
+is back, never a 500 or a hang, and the pool recovers by itself: nothing acknowledged is
+lost or duplicated."""
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from collections import Counter
@@ -22,11 +24,26 @@ from tests.support.processes import ServiceProcess, dialogs_process, migrate
 CLIENTS = 2
 
 
+SERVICE_ROLE = "dialogs_svc"
+
+
 @pytest.fixture(scope="module")
 def dialogs_service(ha_cluster: HaCluster) -> Iterator[ServiceProcess]:
     ha_cluster.wait_healthy(90)
-    url = ha_cluster.coordinator_url()
-    migrate(url)
+    migrate(ha_cluster.coordinator_url())
+    # The service's own role, not the superuser. Citus creates it on the workers too; the
+    # coordinator reaches them as that role with the password in pg_dist_authinfo (no
+    # trust anywhere), which Patroni maintains for the superuser only.
+    password = secrets.token_urlsafe(18)
+    ha_cluster.coordinator_sql(f"CREATE ROLE {SERVICE_ROLE} LOGIN PASSWORD '{password}'")
+    ha_cluster.coordinator_sql(
+        f"GRANT SELECT, INSERT ON dialogs, dialog_messages TO {SERVICE_ROLE}"
+    )
+    ha_cluster.coordinator_sql(
+        "INSERT INTO pg_dist_authinfo (nodeid, rolename, authinfo) "
+        f"VALUES (0, '{SERVICE_ROLE}', 'password={password}')"
+    )
+    url = ha_cluster.coordinator_url(user=SERVICE_ROLE, password=password)
     service = dialogs_process(url, DIALOGS_RETRY_AFTER_S="1").start()
     yield service
     service.stop()
@@ -100,11 +117,16 @@ class Sender(threading.Thread):
         assert not self.is_alive(), "a sender did not finish"
 
 
-def test_coordinator_primary_killed_under_sends_through_dialogs(
-    ha_cluster: HaCluster, dialogs_service: ServiceProcess
+@pytest.mark.parametrize(
+    ("group", "what"),
+    [(1, "worker primary"), (0, "coordinator primary")],
+    ids=["worker", "coordinator"],
+)
+def test_primary_killed_under_sends_through_dialogs(
+    ha_cluster: HaCluster, dialogs_service: ServiceProcess, group: int, what: str
 ) -> None:
     ha_cluster.wait_healthy(90)
-    old = ha_cluster.leader(0)
+    old = ha_cluster.leader(group)
     assert old is not None
     senders = [Sender(dialogs_service.url, f"c{i}") for i in range(CLIENTS)]
     for sender in senders:
@@ -117,8 +139,8 @@ def test_coordinator_primary_killed_under_sends_through_dialogs(
     killed_at = time.monotonic()
     old.kill_postmaster()
     wait_for(
-        "a new coordinator leader",
-        lambda: (leader := ha_cluster.leader(0)) is not None and leader.name != old.name,
+        f"a new leader in group {group}",
+        lambda: (leader := ha_cluster.leader(group)) is not None and leader.name != old.name,
         60,
         step=0.05,
     )
@@ -151,7 +173,7 @@ def test_coordinator_primary_killed_under_sends_through_dialogs(
     reader.close()
     samples = {k: v for s in senders for k, v in s.tally.samples.items()}
     print(
-        f"\n[ha] dialogs, coordinator primary killed: promoted {promoted:.2f} s, sends served "
+        f"\n[ha] dialogs, {what} killed: promoted {promoted:.2f} s, sends served "
         f"again {max(served):.2f} s (per client {', '.join(f'{t:.2f}' for t in served)}); "
         f"sends acknowledged {acknowledged}, lost {lost}, duplicated {duplicated}, failed "
         f"after retries {failed}; answers {dict(statuses)}; {samples}"

@@ -82,6 +82,10 @@ def missing() -> str | None:
     return None
 
 
+class GiveUp(RuntimeError):
+    """Raised by a check polled by wait_for when waiting longer cannot help."""
+
+
 def wait_for(what: str, check: Callable[[], _T | None], timeout: float, step: float = 0.2) -> _T:
     """``check()``'s first truthy result; AssertionError naming ``what`` after ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -91,6 +95,8 @@ def wait_for(what: str, check: Callable[[], _T | None], timeout: float, step: fl
             result = check()
             if result:
                 return result
+        except GiveUp:
+            raise
         except Exception as error:  # the thing polled is still coming up
             last_error = error
         time.sleep(step)
@@ -407,6 +413,7 @@ class HaCluster:
     scope: str
     creds: Credentials
     groups: dict[int, list[PatroniNode]]
+    restarts: list[str] = field(default_factory=list)  # Patroni nodes supervise() restarted
 
     @classmethod
     def start(cls, group_sizes: Iterable[int] = (2, 2), timeout: float = 150.0) -> HaCluster:
@@ -427,7 +434,8 @@ class HaCluster:
             for nodes in cluster.groups.values():
                 for node in nodes:
                     node.start(cluster.scope, etcd.hosts, cluster.creds)
-            cluster.wait_healthy(timeout)
+            # Two restarts at most while bootstrapping (see supervise); none later.
+            cluster.wait_healthy(timeout, restarts_allowed=2)
         except BaseException:
             print(cluster.logs())
             cluster.destroy()
@@ -504,14 +512,28 @@ class HaCluster:
                 return False
         return True
 
-    def wait_healthy(self, timeout: float = 90.0) -> None:
+    def supervise(self, restarts_allowed: int) -> None:
+        """What systemd's Restart= does for Patroni in production: a Patroni that exited
+        (it does after a failed bootstrap) is started again, at most ``restarts_allowed``
+        times in all; then GiveUp with its log."""
         for node in self.nodes:
-            if node.daemon is not None and not node.daemon.running:
-                raise RuntimeError(f"patroni {node.name} exited:\n{node.daemon.log()}")
+            if node.daemon is None or node.daemon.running:
+                continue
+            if len(self.restarts) >= restarts_allowed:
+                raise GiveUp(f"patroni {node.name} exited:\n{node.daemon.log()}")
+            print(f"[ha] patroni {node.name} exited, restarting it:\n{node.daemon.log(1500)}")
+            self.restarts.append(node.name)
+            node.daemon.start()
+
+    def _group_healthy_supervised(self, group: int, restarts_allowed: int) -> bool:
+        self.supervise(restarts_allowed)
+        return self.group_healthy(group)
+
+    def wait_healthy(self, timeout: float = 90.0, restarts_allowed: int = 0) -> None:
         for group in self.groups:
             wait_for(
                 f"group {group} has a leader and a sync standby",
-                functools.partial(self.group_healthy, group),
+                functools.partial(self._group_healthy_supervised, group, restarts_allowed),
                 timeout,
             )
         wait_for("pg_dist_node names every group's leader", self.registration_matches, timeout)
@@ -524,13 +546,13 @@ class HaCluster:
             f"@127.0.0.1:{node.pg_port}/{database}"
         )
 
-    def coordinator_url(self, database: str = DATABASE) -> str:
+    def coordinator_url(
+        self, database: str = DATABASE, user: str = SUPERUSER, password: str | None = None
+    ) -> str:
         """A multi-host URL over the coordinator group: the client finds the primary."""
         hosts = ",".join(f"127.0.0.1:{node.pg_port}" for node in self.groups[0])
-        return (
-            f"postgresql://{SUPERUSER}:{self.creds.superuser_password}@{hosts}/{database}"
-            "?target_session_attrs=read-write"
-        )
+        password = self.creds.superuser_password if password is None else password
+        return f"postgresql://{user}:{password}@{hosts}/{database}?target_session_attrs=read-write"
 
     def psql(self, node: PatroniNode, sql: str, database: str = DATABASE) -> str:
         bindir = postgres.bindir()
