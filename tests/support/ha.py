@@ -226,7 +226,7 @@ class EtcdCluster:
                     "--election-timeout=2000",
                 ],
                 root / f"{member.name}.log",
-                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "ETCD_UNSUPPORTED_ARCH": ""},
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
             ).start()
         for member in members:
             wait_for(f"etcd member {member.name} healthy", member.healthy, timeout)
