@@ -383,10 +383,11 @@ class PatroniNode:
         return pid
 
     def stop(self) -> None:
-        pid = self.postmaster_pid()
         if self.daemon is not None:
             self.daemon.stop(30)
-        # Patroni stops its server on SIGTERM; one left behind (Patroni killed) is killed.
+        # Patroni stops its server on SIGTERM. The server is not in Patroni's process group
+        # (Patroni detaches it): one left behind (Patroni killed first) is killed here.
+        pid = self.postmaster_pid()
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
