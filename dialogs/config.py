@@ -29,9 +29,7 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = Env(environ)
-        database_url = env.text("DIALOGS_DATABASE_URL")
-        if not database_url.startswith(("postgresql://", "postgres://")):
-            raise ConfigError("DIALOGS_DATABASE_URL must be a postgresql:// URL")
+        database_url = env.database_url("DIALOGS_DATABASE_URL")
         token = env.text("DIALOGS_INTERNAL_TOKEN", secret=True)
         if len(token) < 16:
             raise ConfigError("DIALOGS_INTERNAL_TOKEN must be at least 16 characters")

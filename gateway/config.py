@@ -170,9 +170,7 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = Env(environ)
         raw = os.environ if environ is None else environ
-        database_url = env.text("GATEWAY_DATABASE_URL", secret=True)
-        if not database_url.startswith(("postgresql://", "postgres://")):
-            raise ConfigError("GATEWAY_DATABASE_URL must be a postgresql:// URL")
+        database_url = env.database_url("GATEWAY_DATABASE_URL", secret=True)
         token = env.text("GATEWAY_INTERNAL_TOKEN", secret=True)
         if len(token) < MIN_INTERNAL_TOKEN_LENGTH:
             raise ConfigError(

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from urllib.parse import parse_qs, urlsplit
+
+# asyncpg's values (libpq's); a typo would otherwise surface as a 503 on every request.
+TARGET_SESSION_ATTRS = ("any", "primary", "standby", "prefer-standby", "read-write", "read-only")
 
 
 class ConfigError(ValueError):
@@ -54,3 +58,18 @@ class Env:
         if not items:
             raise ConfigError(f"{name} must list at least one value")
         return items
+
+    def database_url(self, name: str, *, secret: bool = False) -> str:
+        """A postgresql:// URL; it may name several servers (``h1:5432,h2:5432``) with
+        ``target_session_attrs=read-write`` so that connections go to the primary."""
+        url = self.text(name, secret=secret)
+        if not url.startswith(("postgresql://", "postgres://")):
+            raise ConfigError(f"{name} must be a postgresql:// URL")
+        attrs = parse_qs(urlsplit(url).query).get("target_session_attrs", [])
+        for value in attrs:
+            if value not in TARGET_SESSION_ATTRS:
+                raise ConfigError(
+                    f"{name}: target_session_attrs must be one of "
+                    f"{', '.join(TARGET_SESSION_ATTRS)}, got {value!r}"
+                )
+        return url

@@ -1,6 +1,11 @@
 """The services' database plumbing: a pool with bounded waits everywhere, and turning
 database failures into answers (unreachable or overloaded means 503 with Retry-After, so
-the client may try again; anything else is a logged 500)."""
+the client may try again; anything else is a logged 500).
+
+The URL may name several servers (``postgresql://u:p@h1:5432,h2:5432/db?
+target_session_attrs=read-write``): each new connection goes to whichever of them is the
+primary now, so the pool follows a failover by itself (a connection broken by it is
+dropped on release and replaced on the next acquire)."""
 
 from __future__ import annotations
 
@@ -18,7 +23,8 @@ from servicekit.http import ApiError
 
 log = logging.getLogger("servicekit.database")
 
-# SQLSTATE classes that mean "the database cannot serve right now", not "bad request":
+# SQLSTATE classes that mean "the database cannot serve right now", not "bad request"
+# (as does any FATAL error, see on_database_error):
 # 08 connection exception, 53 insufficient resources, 57 operator intervention (includes
 # statement timeout and shutdown), 58 system error.
 UNAVAILABLE_CLASSES = ("08", "53", "57", "58")
@@ -94,11 +100,23 @@ class Database:
             except asyncio.CancelledError:  # the deadline passed, or the request was dropped
                 conn.terminate()
                 raise
+            except asyncpg.InternalClientError:
+                # The server ended the session while it sat idle in the pool (a primary
+                # shutting down for a switchover sends its FATAL before closing): asyncpg is
+                # left mid-protocol on it. Never hand it out again.
+                conn.terminate()
+                raise
             finally:
                 await self._pool.release(conn)
 
     async def close(self) -> None:
         await self._pool.close()
+
+
+def _server_died(error: asyncpg.PostgresError) -> bool:
+    # Citus reports its postmaster's death during a distributed statement as a plain ERROR
+    # without a code (XX000), the server's own "terminating connection" being a FATAL 57P01.
+    return getattr(error, "sqlstate", None) == "XX000" and "postmaster was shut down" in str(error)
 
 
 def install_error_handlers(app: Sanic, *, store: str, retry_after_s: int) -> None:
@@ -113,14 +131,21 @@ def install_error_handlers(app: Sanic, *, store: str, retry_after_s: int) -> Non
             retry_after=retry_after_s,
         )
 
-    @app.exception(OSError, TimeoutError, asyncpg.InterfaceError)
+    # InternalClientError: a connection the server ended under asyncpg (see connection()),
+    # or TargetServerAttributeNotMatched, its subclass: a multi-host URL with
+    # target_session_attrs found no server of the kind asked for (during a failover, before
+    # the standby is promoted).
+    @app.exception(OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError)
     async def on_connection_error(request: Request, error: Exception) -> HTTPResponse:
         return http.error_response(request, unavailable(error))
 
     @app.exception(asyncpg.PostgresError)
     async def on_database_error(request: Request, error: asyncpg.PostgresError) -> HTTPResponse:
         sqlstate = getattr(error, "sqlstate", "") or ""
-        if sqlstate.startswith(UNAVAILABLE_CLASSES):
+        # FATAL: the server is ending the session, whatever the code (a backend whose
+        # postmaster died says so with XX000): the next connection may well be served.
+        fatal = getattr(error, "severity", None) in ("FATAL", "PANIC")
+        if sqlstate.startswith(UNAVAILABLE_CLASSES) or fatal or _server_died(error):
             return http.error_response(request, unavailable(error))
         log.error("database error %s", sqlstate, exc_info=error)
         return http.error_response(request, ApiError(500, "internal error", "db_error"))

@@ -1,7 +1,7 @@
 """Test tiers and the real servers they run against.
 
-Tiers follow the directory: tests/unit, tests/pg, tests/citus, tests/lab. A tier whose
-needs are missing skips with one line saying what is missing.
+Tiers follow the directory: tests/unit, tests/pg, tests/citus, tests/ha, tests/lab. A tier
+whose needs are missing skips with one line saying what is missing.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import postgres
+from tests.support import ha, postgres
 from tests.support.citus import CitusCluster
 from tests.support.postgres import PgServer
 
-TIERS = ("unit", "pg", "citus", "lab")
+TIERS = ("unit", "pg", "citus", "ha", "lab")
 
 
 def _docker_engine_answers() -> bool:
@@ -33,6 +33,8 @@ def _missing(tier: str) -> str | None:
         return "PostgreSQL 15 server binaries not installed"
     if tier == "citus" and not postgres.citus_installed():
         return "citus extension not installed"
+    if tier == "ha":
+        return ha.missing()
     if tier == "lab" and not _docker_engine_answers():
         return "no docker engine answers (docker info failed)"
     return None

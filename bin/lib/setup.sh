@@ -8,12 +8,13 @@ STATE_DIR="${DIALOGS_STATE_DIR:-/var/tmp/dialogs-platform}"
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
-# Debian packages: PostgreSQL 15 for the pg tier, docker + debootstrap for the lab.
+# Debian packages: PostgreSQL 15 for the pg tier, etcd for the ha tier, docker +
+# debootstrap for the lab.
 ensure_system_packages() {
     # apt-utils (apt-ftparchive), gnupg and binutils (readelf): the lab test that installs
     # Citus from a local signed apt repository builds that repository.
-    local wanted=(postgresql-15 postgresql-contrib python3-venv docker.io debootstrap
-                  rsync curl jq ca-certificates apt-utils gnupg binutils)
+    local wanted=(postgresql-15 postgresql-contrib python3-venv etcd-server docker.io
+                  debootstrap rsync curl jq ca-certificates apt-utils gnupg binutils)
     local missing=()
     for pkg in "${wanted[@]}"; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
@@ -31,6 +32,13 @@ ensure_system_packages() {
     # Debian starts a default cluster on 5432; the project never uses it.
     if command -v pg_lsclusters >/dev/null && pg_lsclusters -h 2>/dev/null | grep -q .; then
         systemctl stop postgresql >/dev/null 2>&1 || pg_ctlcluster 15 main stop >/dev/null 2>&1 || true
+    fi
+    # Debian's etcd service would serve a one-member cluster on 2379; the ha tier starts
+    # its own members on free ports, so the packaged one is stopped and never started.
+    if [ -e /etc/init.d/etcd ]; then
+        systemctl disable --now etcd >/dev/null 2>&1 || true
+        service etcd stop >/dev/null 2>&1 || true
+        update-rc.d etcd disable >/dev/null 2>&1 || true
     fi
 }
 

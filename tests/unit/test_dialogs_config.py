@@ -9,6 +9,11 @@ VALID = {
 }
 
 
+def test_a_multi_host_url_following_the_primary_is_accepted() -> None:
+    url = "postgresql://u:p@10.0.0.1:5432,10.0.0.2:5432/dialogs?target_session_attrs=read-write"
+    assert Settings.from_env(VALID | {"DIALOGS_DATABASE_URL": url}).database_url == url
+
+
 def test_minimal_environment_gives_documented_defaults() -> None:
     settings = Settings.from_env(VALID)
     assert settings.port == 8081
@@ -21,6 +26,10 @@ def test_minimal_environment_gives_documented_defaults() -> None:
     [
         ({"DIALOGS_DATABASE_URL": ""}, "DIALOGS_DATABASE_URL"),
         ({"DIALOGS_DATABASE_URL": "mysql://x"}, "DIALOGS_DATABASE_URL"),
+        (
+            {"DIALOGS_DATABASE_URL": "postgresql://u@h1,h2/d?target_session_attrs=master"},
+            "DIALOGS_DATABASE_URL: target_session_attrs must be one of",
+        ),
         ({"DIALOGS_INTERNAL_TOKEN": ""}, "DIALOGS_INTERNAL_TOKEN"),
         ({"DIALOGS_INTERNAL_TOKEN": "short"}, "DIALOGS_INTERNAL_TOKEN"),
         ({"DIALOGS_PORT": "http"}, "DIALOGS_PORT"),
