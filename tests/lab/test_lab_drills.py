@@ -109,7 +109,7 @@ def test_up_prints_the_url_and_an_example_that_works(lab: Lab) -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert "HTTP/1.1 200" in result.stdout
+    assert re.search(r"^HTTP/(1.1|2) 200", result.stdout, re.MULTILINE), result.stdout  # h2: ALPN
     assert result.stdout.count("Hello, Bob!") == 2  # the send's answer and the list
 
 
