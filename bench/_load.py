@@ -10,8 +10,11 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.support.gateway import ready_upstreams
 
 # A pgbench script and the values of its variables.
 Script = tuple[str, dict[str, str]]
@@ -170,3 +173,12 @@ def connection_counts(text: str) -> list[int]:
     if not all(1 <= c <= 256 for c in counts):
         raise SystemExit("--concurrency values must be 1..256")
     return counts
+
+
+def wait_for_both_upstreams(gateway_url: str, timeout_s: float = 20) -> None:
+    """Until the gateway at ``gateway_url`` sees both dialogs instances ready."""
+    deadline = time.monotonic() + timeout_s
+    while len(ready_upstreams(gateway_url)) < 2:
+        if time.monotonic() > deadline:
+            raise SystemExit("the gateway did not see both dialogs instances ready")
+        time.sleep(0.2)

@@ -46,7 +46,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from bench._load import Result, connection_counts, machine, require, table, wrk
+from bench._load import (
+    Result,
+    connection_counts,
+    machine,
+    require,
+    table,
+    wait_for_both_upstreams,
+    wrk,
+)
 from bench.dialogs_bench import TEXT, seed_dialog
 from bench.public_path import (
     Measured,
@@ -61,7 +69,6 @@ from tests.support.gateway import (
     gateway_process,
     login,
     migrate_gateway,
-    ready_upstreams,
     register,
 )
 from tests.support.postgres import PgServer, citus_installed, free_port
@@ -377,11 +384,7 @@ def main(argv: list[str] | None = None) -> int:
             GATEWAY_UPSTREAM_PROBE_INTERVAL_S="1",
         ).start()
         services.append(gateway)
-        deadline = time.monotonic() + 20
-        while len(ready_upstreams(gateway.url)) < 2:
-            if time.monotonic() > deadline:
-                raise SystemExit("the gateway did not see both dialogs instances ready")
-            time.sleep(0.2)
+        wait_for_both_upstreams(gateway.url)
 
         with httpx.Client(base_url=gateway.url, timeout=10) as api:
             alice, bob = register(api), register(api)

@@ -36,7 +36,16 @@ from typing import Any
 
 import httpx
 
-from bench._load import Result, Script, connection_counts, machine, pgbench, table, wrk
+from bench._load import (
+    Result,
+    Script,
+    connection_counts,
+    machine,
+    pgbench,
+    table,
+    wait_for_both_upstreams,
+    wrk,
+)
 from bench.dialogs_bench import TEXT, Inline, bound, seed_dialog
 from dialogs import sql
 from dialogs.ids import dialog_key
@@ -47,7 +56,6 @@ from tests.support.gateway import (
     gateway_process,
     login,
     migrate_gateway,
-    ready_upstreams,
     register,
 )
 from tests.support.postgres import PgServer, citus_installed
@@ -166,11 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             GATEWAY_UPSTREAM_PROBE_INTERVAL_S="1",
         ).start()
         services.append(gateway)
-        deadline = time.monotonic() + 20
-        while len(ready_upstreams(gateway.url)) < 2:
-            if time.monotonic() > deadline:
-                raise SystemExit("the gateway did not see both dialogs instances ready")
-            time.sleep(0.2)
+        wait_for_both_upstreams(gateway.url)
 
         with httpx.Client(base_url=gateway.url, timeout=10) as api:
             alice, bob = register(api), register(api)
