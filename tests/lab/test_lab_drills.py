@@ -594,6 +594,34 @@ def test_a_killed_gateway_instance_costs_nothing_through_the_edge(
     assert (tally.missing, tally.duplicated, tally.unexpected) == (0, 0, 0)
 
 
+def test_a_rolling_restart_of_the_gateways_drains_through_the_edge(
+    lab: Lab, client: httpx.Client
+) -> None:
+    """Edge drill 2b: a changed gateway setting restarts both gateway instances one at a
+    time under load; through the edge, no request fails (no client retry)."""
+    starts = [lab.unit_start(unit) for unit in GATEWAY_UNITS]
+    traffic = Traffic(lab.url, make_pairs(client, 6), verify=str(lab.ca_file)).start()
+    try:
+        traffic.wait_requests(100)
+        started = time.monotonic()
+        lab.playbook("services.yml", "--tags", "gateway", "-e", "gateway_upstream_timeout_s=6")
+        took = time.monotonic() - started
+        traffic.wait_requests(100)
+    finally:
+        traffic.stop()
+    print(
+        f"\n[lab] gateways' rolling restart through the edge: services.yml {took:.0f} s, "
+        f"{traffic.requests} requests, {len(traffic.failures)} failed"
+    )
+    restarted = [
+        lab.unit_start(unit) != start for unit, start in zip(GATEWAY_UNITS, starts, strict=True)
+    ]
+    assert all(restarted), dict(zip(GATEWAY_UNITS, restarted, strict=True))
+    assert not traffic.failures, traffic.failures[:5]
+    tally = reconcile(client, traffic)
+    assert (tally.missing, tally.duplicated, tally.unexpected) == (0, 0, 0)
+
+
 def test_tls_is_verified_and_old_protocols_and_plain_http_are_refused(lab: Lab) -> None:
     """Edge drill 3: a client verifies the certificate against the lab CA and gets TLS 1.2+
     with HSTS; TLS 1.0 and 1.1, plain HTTP and a wrong host name fail."""
