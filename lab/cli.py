@@ -37,16 +37,19 @@ The lab: the whole system on local containers, deployed by the production playbo
                       bin/lab playbook services.yml -e dialogs_log_level=DEBUG
 
 Topology (lab/topology.py): lab-coordinator, lab-worker1..N (Citus), lab-app1 (2 dialogs and
-2 gateway instances) and lab-edge1 (HAProxy, TLS) on the docker network dialogs-lab (fixed
-addresses in LAB_SUBNET); lab-edge1 is also on dialogs-lab-edge, the public side (lab-app1
-too, for its way out; nothing listens there). Only the edge's HTTPS is published, on
-127.0.0.1, with a certificate from the lab's own CA (.lab/tls/ca.crt). The cluster's Citus
+2 gateway instances), lab-edge1 and lab-edge2 (HAProxy, TLS; keepalived) on the docker network
+dialogs-lab (fixed addresses in LAB_SUBNET); the edge hosts are also on dialogs-lab-edge, the
+public side (LAB_EDGE_SUBNET; lab-app1 too, for its way out; nothing listens there), where
+keepalived keeps the virtual address (host 100 of that subnet) on one of them. lab-edge1's
+HTTPS is published on 127.0.0.1; the virtual address is reached from this machine through
+the docker bridge. The certificate is from the lab's own CA (.lab/tls/ca.crt). The cluster's Citus
 version is the one its image carries (label org.dialogs-lab.citus-version). State (generated
 secrets, CA, inventory, wheelhouse, logs) lives in .lab/ (git-ignored).
 
 Environment:
   LAB_HTTPS_PORT        port on 127.0.0.1 for the edge's HTTPS (default 8443)
   LAB_SUBNET            subnet of dialogs-lab (default 10.213.0.0/24)
+  LAB_EDGE_SUBNET       subnet of dialogs-lab-edge (default 10.214.0.0/24)
   LAB_PRIVATE_INTERNAL  1: dialogs-lab has no route out (docker --internal), 0: it has one.
                         Default: 1 when the cluster image carries Citus, 0 when the nodes
                         must install it from Citus's apt repository
@@ -78,6 +81,9 @@ Try it (copy and paste):
   curl -s $URL/dialog/$BOB/send -H "Authorization: Bearer $TOKEN" \
       -H 'Content-Type: application/json' -d '{"text": "Hello, Bob!"}'; echo
   curl -si "$URL/dialog/$BOB/list?limit=20" -H "Authorization: Bearer $TOKEN"; echo
+
+The same API on the edge's virtual address, which keepalived moves to the other edge host
+when one fails: {VIRTUAL_URL}
 
 More: bin/lab status | bin/lab scale 2 | bin/lab down
 """
@@ -145,6 +151,15 @@ def network_exists(name: str) -> bool:
     return docker("network", "inspect", name, check=False).returncode == 0
 
 
+def edge_addresses(name: str) -> list[str]:
+    """The IPv4 addresses edge host ``name`` holds now (the virtual one among them when
+    keepalived gave it the address); none when it is not running."""
+    if not container_running(name):
+        return []
+    shown = docker("exec", name, "hostname", "--all-ip-addresses", check=False).stdout
+    return shown.split()
+
+
 def relative(path: Path) -> str:
     """``path`` as the user sees it: relative to the repository when inside it."""
     try:
@@ -160,6 +175,7 @@ class Settings:
     state_dir: Path
     https_port: str
     subnet: str
+    edge_subnet: str
     private_internal: str  # 1 | 0 | auto
     citus_image: str
     base_image: str
@@ -174,6 +190,7 @@ class Settings:
             state_dir=Path(env.get("LAB_STATE_DIR") or REPO_ROOT / ".lab"),
             https_port=env.get("LAB_HTTPS_PORT") or str(t.DEFAULT_PUBLISHED_PORT),
             subnet=env.get("LAB_SUBNET") or t.DEFAULT_SUBNET,
+            edge_subnet=env.get("LAB_EDGE_SUBNET") or t.DEFAULT_EDGE_SUBNET,
             private_internal=env.get("LAB_PRIVATE_INTERNAL") or "auto",
             citus_image=env.get("LAB_CITUS_IMAGE") or t.CITUS_IMAGE,
             base_image=env.get("LAB_BASE_IMAGE") or t.BASE_IMAGE,
@@ -239,7 +256,7 @@ class Lab:
 
     def ensure_tls(self) -> None:
         """The lab's CA and the edge's certificate, made once (keys mode 0600, never printed)."""
-        if tls.ensure(self.tls_dir, t.TLS_NAMES):
+        if tls.ensure(self.tls_dir, t.TLS_NAMES, (self.virtual_address,)):
             say(f"made the lab's CA and the edge's certificate in {relative(self.tls_dir)}")
 
     def choose_citus_source(self) -> None:
@@ -290,33 +307,35 @@ class Lab:
             die(f"lab/images/build.sh did not build {self.s.citus_image}")
 
     def ensure_networks(self) -> None:
-        net, subnet = t.PRIVATE_NETWORK, self.s.subnet
+        internal = self.s.private_internal == "1" or (
+            self.s.private_internal == "auto" and self.citus_source == "preinstalled"
+        )
+        self.ensure_network(t.PRIVATE_NETWORK, self.s.subnet, "LAB_SUBNET", internal=internal)
+        self.ensure_network(t.EDGE_NETWORK, self.s.edge_subnet, "LAB_EDGE_SUBNET")
+
+    @staticmethod
+    def ensure_network(net: str, subnet: str, setting: str, internal: bool = False) -> None:
+        """Docker network ``net`` with ``subnet`` (the hosts have fixed addresses in it)."""
         if network_exists(net):
             have = docker(
                 "network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}}{{end}}", net
             ).stdout.strip()
             if have != subnet:
                 die(
-                    f"network {net} exists with subnet {have}, not {subnet}:",
-                    f"run bin/lab down first, or set LAB_SUBNET={have}",
+                    f"network {net} exists with subnet {have or 'none'}, not {subnet}:",
+                    f"run bin/lab down first, or set {setting}={have}",
                 )
-        else:
-            internal = self.s.private_internal == "1" or (
-                self.s.private_internal == "auto" and self.citus_source == "preinstalled"
+            return
+        say(f"creating network {net} ({subnet}{', internal' if internal else ''})")
+        created = docker(
+            "network", "create", "--label", t.LABEL, "--subnet", subnet,
+            *(["--internal"] if internal else []), net, check=False,
+        )  # fmt: skip
+        if created.returncode != 0:
+            die(
+                f"cannot create network {net} with subnet {subnet} (taken by another",
+                f"network?): set {setting} to a free private subnet",
             )
-            say(f"creating network {net} ({subnet}{', internal' if internal else ''})")
-            created = docker(
-                "network", "create", "--label", t.LABEL, "--subnet", subnet,
-                *(["--internal"] if internal else []), net, check=False,
-            )  # fmt: skip
-            if created.returncode != 0:
-                die(
-                    f"cannot create network {net} with subnet {subnet} (taken by another",
-                    "network?): set LAB_SUBNET to a free private subnet",
-                )
-        if not network_exists(t.EDGE_NETWORK):
-            say(f"creating network {t.EDGE_NETWORK}")
-            docker("network", "create", "--label", t.LABEL, t.EDGE_NETWORK)
 
     def ensure_container(self, name: str, image: str, address: str, *options: str) -> None:
         """A systemd container on the private network; created once, started when stopped."""
@@ -332,8 +351,12 @@ class Lab:
             *options, create=True,
         )  # fmt: skip
         docker(*command[1:])
-        if name in (t.APP, t.EDGE):
-            docker("network", "connect", t.EDGE_NETWORK, name)
+        if name in (t.APP, *t.EDGES):
+            edge_subnet = self.s.edge_subnet
+            public = (
+                t.app_address(edge_subnet) if name == t.APP else t.edge_address(edge_subnet, name)
+            )
+            docker("network", "connect", "--ip", public, t.EDGE_NETWORK, name)
         docker("start", name)
 
     @staticmethod
@@ -380,11 +403,14 @@ class Lab:
             self.ensure_container(name, self.cluster_image, t.worker_address(subnet, number))
             names.append(name)
         self.ensure_container(t.APP, self.s.base_image, t.app_address(subnet))
-        self.ensure_container(
-            t.EDGE, self.s.base_image, t.edge_address(subnet),
-            "-p", f"127.0.0.1:{self.s.https_port}:{t.HTTPS_PORT}",
-        )  # fmt: skip
-        names += [t.APP, t.EDGE]
+        # keepalived adds and removes the virtual address: NET_ADMIN.
+        for edge in t.EDGES:
+            publish = ["-p", f"127.0.0.1:{self.s.https_port}:{t.HTTPS_PORT}"]
+            self.ensure_container(
+                edge, self.s.base_image, t.edge_address(subnet, edge), "--cap-add", "NET_ADMIN",
+                *(publish if edge == t.EDGE else []),
+            )  # fmt: skip
+        names += [t.APP, *t.EDGES]
         self.wait_for_systemd(names)
 
     def write_inventory(self) -> None:
@@ -400,6 +426,7 @@ class Lab:
             lines.append(f"    citus_node_citus_version: '{t.citus_version(self.s.citus_image)}'")
         lines += [
             f"    lab_state_dir: {self.state}",
+            f"    lab_edge_virtual_address: {self.virtual_address}",
             f"    lab_wheelhouse_dir: '{self.s.wheelhouse_dir}'",
             "  children:",
             "    coordinator:",
@@ -421,7 +448,10 @@ class Lab:
             f"        {t.APP}: {{}}",
             "    edge:",
             "      hosts:",
-            f"        {t.EDGE}: {{lab_private_address: {t.edge_address(subnet)}}}",
+        ]
+        lines += [
+            f"        {name}: {{lab_private_address: {t.edge_address(subnet, name)}}}"
+            for name in t.EDGES
         ]
         temporary = self.state / "inventory.yml.tmp"
         temporary.write_text("\n".join(lines) + "\n")
@@ -494,6 +524,10 @@ class Lab:
     def url(self) -> str:
         return f"https://localhost:{self.s.https_port}"
 
+    @property
+    def virtual_address(self) -> str:
+        return t.virtual_address(self.s.edge_subnet)
+
     # --- commands ---------------------------------------------------------------------------
     def up(self) -> None:
         started = time.monotonic()
@@ -508,7 +542,11 @@ class Lab:
         self.run_playbook("playbooks/site.yml")
         self.wait_for_gateway()
         say(f"lab up in {time.monotonic() - started:.0f} s")
-        welcome = WELCOME.replace("{URL}", self.url).replace("{CA}", str(self.ca_file))
+        welcome = (
+            WELCOME.replace("{URL}", self.url)
+            .replace("{CA}", str(self.ca_file))
+            .replace("{VIRTUAL_URL}", f"https://{self.virtual_address}")
+        )
         print(welcome, end="", flush=True)
 
     def status(self) -> None:
@@ -541,9 +579,13 @@ class Lab:
             ["docker", "exec", t.APP, "systemctl", "list-units", "--all", "--plain",
              "--no-legend", "--full", "dialogs@*.service", "gateway@*.service"],
         )  # fmt: skip
-        if container_running(t.EDGE):
-            print(f"\n== the edge's view of the gateway instances ({t.EDGE})", flush=True)
-            subprocess.run(["docker", "exec", t.EDGE, "python3", "-c", EDGE_VIEW])
+        for name in t.EDGES:
+            if container_running(name):
+                print(f"\n== the edge's view of the gateway instances ({name})", flush=True)
+                subprocess.run(["docker", "exec", name, "python3", "-c", EDGE_VIEW])
+        holders = [name for name in t.EDGES if self.virtual_address in edge_addresses(name)]
+        print(f"\n== the virtual address {self.virtual_address}: held by", end=" ")
+        print(", ".join(holders) or "no edge host (keepalived down everywhere?)")
         print(f"\n== readiness through the edge ({self.url}/readyz)")
         print(self.readiness(timeout=5)[1])
 

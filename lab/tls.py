@@ -19,10 +19,13 @@ EDGE_KEY = "edge.key"
 _VALID_DAYS = 365
 
 
-def ensure(directory: Path, names: tuple[str, ...]) -> bool:
-    """Makes the CA and a certificate for ``names`` (and 127.0.0.1) in ``directory`` unless
-    they are there; True when it made them."""
-    if all((directory / name).exists() for name in (CA_CERT, EDGE_CERT, EDGE_KEY)):
+def ensure(directory: Path, names: tuple[str, ...], addresses: tuple[str, ...] = ()) -> bool:
+    """Makes the CA and a certificate for ``names`` and ``addresses`` (and 127.0.0.1) in
+    ``directory`` unless they are there and cover them; True when it made them."""
+    wanted = _alternative_names(names, addresses)
+    if all((directory / name).exists() for name in (CA_CERT, EDGE_CERT, EDGE_KEY)) and set(
+        wanted
+    ) <= set(_covered(directory / EDGE_CERT)):
         return False
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o700)
@@ -42,11 +45,9 @@ def ensure(directory: Path, names: tuple[str, ...]) -> bool:
     )
     edge_key = ec.generate_private_key(ec.SECP256R1())
     edge_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
-    alternative: list[x509.GeneralName] = [x509.DNSName(name) for name in names]
-    alternative.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
     edge = (
         _builder(edge_name, ca_name, edge_key.public_key(), now)
-        .add_extension(x509.SubjectAlternativeName(alternative), critical=False)
+        .add_extension(x509.SubjectAlternativeName(wanted), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
@@ -57,6 +58,21 @@ def ensure(directory: Path, names: tuple[str, ...]) -> bool:
     # The CA's key is not kept: nothing else is ever signed with it.
     _write(directory / CA_CERT, ca.public_bytes(pem))
     return True
+
+
+def _alternative_names(
+    names: tuple[str, ...], addresses: tuple[str, ...]
+) -> list[x509.GeneralName]:
+    alternative: list[x509.GeneralName] = [x509.DNSName(name) for name in names]
+    for address in ("127.0.0.1", *addresses):
+        alternative.append(x509.IPAddress(ipaddress.ip_address(address)))
+    return alternative
+
+
+def _covered(certificate: Path) -> list[x509.GeneralName]:
+    """The subject alternative names of ``certificate`` (an older lab's may lack some)."""
+    loaded = x509.load_pem_x509_certificate(certificate.read_bytes())
+    return list(loaded.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
 
 
 def _builder(

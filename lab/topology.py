@@ -8,13 +8,16 @@ import json
 import subprocess
 
 PRIVATE_NETWORK = "dialogs-lab"  # every host, fixed addresses in LAB_SUBNET
-EDGE_NETWORK = "dialogs-lab-edge"  # the public side: the edge host (and the app host's way out)
+EDGE_NETWORK = "dialogs-lab-edge"  # the public side: the edge hosts (and the app host's way out)
 DEFAULT_SUBNET = "10.213.0.0/24"
+DEFAULT_EDGE_SUBNET = "10.214.0.0/24"
 LABEL = "org.dialogs-lab.lab=1"  # on everything bin/lab creates (and `down` removes)
 
 COORDINATOR = "lab-coordinator"
 APP = "lab-app1"  # 2 dialogs instances and 2 gateway instances
-EDGE = "lab-edge1"  # HAProxy: TLS in front of the gateway instances
+EDGE = "lab-edge1"  # HAProxy: TLS in front of the gateway instances; its HTTPS is published
+EDGE2 = "lab-edge2"  # the second edge host: keepalived moves the virtual address between them
+EDGES = (EDGE, EDGE2)
 DEFAULT_WORKERS = 2
 MAX_WORKERS = 200
 HTTPS_PORT = 443  # the edge's, inside its host; published on 127.0.0.1:LAB_HTTPS_PORT
@@ -22,13 +25,16 @@ DEFAULT_PUBLISHED_PORT = 8443
 METRICS_PORT = 8405  # the edge's metrics, on its private address only
 GATEWAY_PORTS = (8090, 8091)
 DIALOGS_PORTS = (8081, 8082)
-# The names the lab's certificate is valid for (the lab CA signs it).
-TLS_NAMES = ("localhost", EDGE)
+# The names the lab's certificate is valid for (the lab CA signs it), besides 127.0.0.1 and
+# the virtual address.
+TLS_NAMES = ("localhost", *EDGES)
 
-# Host numbers in the private subnet.
-_EDGE_HOST = 4
+# Host numbers in the private subnet (the edge hosts and the app host have the same ones in
+# the edge subnet).
+_EDGE_HOSTS = {EDGE: 4, EDGE2: 6}
 _APP_HOST = 5
 _COORDINATOR_HOST = 10
+_VIRTUAL_HOST = 100  # in the edge subnet: the address keepalived moves
 
 BASE_IMAGE = "dialogs-lab/debian-systemd:bookworm"
 CITUS_IMAGE = "dialogs-lab/citus:pg15"
@@ -62,8 +68,14 @@ def app_address(subnet: str) -> str:
     return str(ipaddress.ip_network(subnet)[_APP_HOST])
 
 
-def edge_address(subnet: str) -> str:
-    return str(ipaddress.ip_network(subnet)[_EDGE_HOST])
+def edge_address(subnet: str, name: str = EDGE) -> str:
+    """The address of edge host ``name`` in ``subnet`` (the private or the edge subnet)."""
+    return str(ipaddress.ip_network(subnet)[_EDGE_HOSTS[name]])
+
+
+def virtual_address(edge_subnet: str) -> str:
+    """The edge's virtual address (keepalived), in the edge subnet."""
+    return str(ipaddress.ip_network(edge_subnet)[_VIRTUAL_HOST])
 
 
 def coordinator_address(subnet: str) -> str:

@@ -17,6 +17,7 @@ from functools import partial
 from pathlib import Path
 
 import httpx
+import yaml
 
 from lab.tls import CA_CERT
 from lab.topology import APP, COORDINATOR, LABEL
@@ -100,6 +101,12 @@ class Lab:
     @property
     def url(self) -> str:
         return f"https://localhost:{self.port}"
+
+    @property
+    def virtual_address(self) -> str:
+        """The edge's virtual address (keepalived), as bin/lab wrote it into the inventory."""
+        inventory = yaml.safe_load((self.state_dir / "inventory.yml").read_text())
+        return str(inventory["all"]["vars"]["lab_edge_virtual_address"])
 
     @property
     def ca_file(self) -> Path:

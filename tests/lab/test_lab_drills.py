@@ -27,7 +27,7 @@ import httpx
 import pytest
 import yaml
 
-from lab.cli import EDGE_VIEW
+from lab.cli import EDGE_VIEW, edge_addresses
 from lab.topology import (
     APP,
     BASE_IMAGE,
@@ -37,7 +37,9 @@ from lab.topology import (
     DEFAULT_PUBLISHED_PORT,
     DIALOGS_PORTS,
     EDGE,
+    EDGE2,
     EDGE_NETWORK,
+    EDGES,
     GATEWAY_PORTS,
     HTTPS_PORT,
     LABEL,
@@ -135,7 +137,7 @@ def test_second_site_run_changes_nothing(lab: Lab) -> None:
     print(f"\n[lab] second site.yml run: {time.monotonic() - started:.0f} s")
     changed = {host: counts["changed"] for host, counts in result.items() if counts["changed"]}
     assert changed == {}, f"a second site.yml run changed something: {changed}"
-    assert {"lab-coordinator", "lab-worker1", "lab-worker2", APP, EDGE} <= set(result)
+    assert {"lab-coordinator", "lab-worker1", "lab-worker2", APP, *EDGES} <= set(result)
     # Check mode on the converged lab: nothing would change, nothing fails.
     checked = lab.playbook("site.yml", "--check")
     would_change = {
@@ -230,7 +232,7 @@ def test_only_the_edge_is_exposed(lab: Lab) -> None:
     # Published ports: only the edge's HTTPS, only on loopback.
     published = run(["docker", "port", EDGE], timeout=30).stdout.split()
     assert published == [f"{HTTPS_PORT}/tcp", "->", f"127.0.0.1:{lab.port}"]
-    for node in (COORDINATOR, "lab-worker1", APP):
+    for node in (COORDINATOR, "lab-worker1", APP, EDGE2):
         assert run(["docker", "port", node], timeout=30).stdout.strip() == ""
 
     edge_public = lab.container_address(EDGE, EDGE_NETWORK)
@@ -245,6 +247,7 @@ def test_only_the_edge_is_exposed(lab: Lab) -> None:
         EDGE_NETWORK,
         [
             (edge_public, HTTPS_PORT),
+            (lab.virtual_address, HTTPS_PORT),
             (edge_public, 80),
             (edge_public, METRICS_PORT),
             *((app_edge, port) for port in service_ports),
@@ -256,6 +259,7 @@ def test_only_the_edge_is_exposed(lab: Lab) -> None:
         CITUS_IMAGE,
     )
     assert seen[f"{edge_public}:{HTTPS_PORT}"] == "open"
+    assert seen[f"{lab.virtual_address}:{HTTPS_PORT}"] == "open"
     assert seen[f"{edge_public}:80"] == "refused"  # edge_http_mode: refuse
     assert seen[f"{edge_public}:{METRICS_PORT}"] == "refused"  # the private address only
     for port in service_ports:
@@ -698,6 +702,93 @@ def test_login_throttling_counts_the_client_behind_the_edge(lab: Lab) -> None:
     assert other.status_code == 404, other.text  # not throttled: just an unknown user
 
 
+def _holders(lab: Lab) -> list[str]:
+    """The edge hosts holding the virtual address now."""
+    return [name for name in EDGES if lab.virtual_address in edge_addresses(name)]
+
+
+def _wait_for_holder(lab: Lab, others_than: str, timeout: float = 30) -> tuple[str, float]:
+    """The one edge host other than ``others_than`` that holds the virtual address and
+    answers /readyz on it, and the seconds that took."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        holders = _holders(lab)
+        if len(holders) == 1 and holders[0] != others_than:
+            try:
+                answer = httpx.get(
+                    f"https://{lab.virtual_address}/readyz", verify=str(lab.ca_file), timeout=1
+                )
+                if answer.status_code == 200:
+                    return holders[0], time.monotonic() - started
+            except httpx.HTTPError:
+                pass
+        time.sleep(0.1)
+    raise AssertionError(f"the virtual address did not move off {others_than}: {_holders(lab)}")
+
+
+def _wait_until_active(container: str, unit: str, timeout: float = 120) -> None:
+    """Until ``unit`` runs in ``container`` (which may still be booting)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = run(
+            ["docker", "exec", container, "systemctl", "is-active", unit], timeout=30, check=False
+        ).stdout.strip()
+        if state == "active":
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{unit} did not start in {container}")
+
+
+def test_the_virtual_address_moves_when_an_edge_fails(lab: Lab, client: httpx.Client) -> None:
+    """Edge drill 6 (VRRP): a careful client on the edge's virtual address. The holder's
+    HAProxy stops: keepalived moves the address to the other edge host; that HAProxy back,
+    the address stays (nopreempt). Then the new holder dies (docker kill) and the address
+    moves back; once that host has booted again, the address stays where it is. The client
+    loses nothing."""
+    [first] = _holders(lab)
+    traffic = Traffic(
+        f"https://{lab.virtual_address}", make_pairs(client, 6), verify=str(lab.ca_file),
+        retries=6,
+    ).start()  # fmt: skip
+    try:
+        traffic.wait_requests(100)
+        docker_exec(first, "systemctl", "stop", "haproxy")
+        try:
+            second, haproxy_stopped_s = _wait_for_holder(lab, others_than=first)
+            traffic.wait_requests(100)
+        finally:
+            docker_exec(first, "systemctl", "start", "haproxy")
+        time.sleep(5)  # several adverts and health checks: no move back
+        stays = _holders(lab)
+        run(["docker", "kill", second], timeout=60)
+        try:
+            third, host_killed_s = _wait_for_holder(lab, others_than=second)
+            traffic.wait_requests(100)
+        finally:
+            run(["docker", "start", second], timeout=60)
+        _wait_until_active(second, "keepalived")
+        _wait_until_active(second, "haproxy")
+        time.sleep(5)  # several adverts: the host that came back stays a backup
+        after_reboot = _holders(lab)
+        traffic.wait_requests(100)
+    finally:
+        traffic.stop()
+    tally = reconcile(client, traffic)
+    print(
+        f"\n[lab] virtual address {lab.virtual_address}: HAProxy stopped on {first}, served by "
+        f"{second} after {haproxy_stopped_s:.1f} s; {second} killed, served by {third} after "
+        f"{host_killed_s:.1f} s; {traffic.requests} requests, {traffic.retried} retried, "
+        f"{len(traffic.failures)} failed; {tally.acknowledged} acknowledged, {tally.missing} "
+        f"missing, {tally.duplicated} duplicated"
+    )
+    assert stays == [second], f"the address moved back when {first}'s HAProxy returned: {stays}"
+    assert third == first
+    assert after_reboot == [first], f"after {second} came back, the address is on {after_reboot}"
+    assert haproxy_stopped_s < 10 and host_killed_s < 15
+    assert not traffic.failures, traffic.failures[:5]
+    assert (tally.missing, tally.duplicated, tally.unexpected) == (0, 0, 0)
+
+
 def test_scale_out_from_two_to_four_workers_under_load(lab: Lab, client: httpx.Client) -> None:
     """Drill 3: `bin/lab scale 2` while a client keeps sending and listing: every
     acknowledged message is there exactly once, no request failed, shards on 4 workers."""
@@ -731,8 +822,11 @@ def test_scale_out_from_two_to_four_workers_under_load(lab: Lab, client: httpx.C
 
 def test_status_shows_nodes_shards_and_instances(lab: Lab) -> None:
     output = lab.bin_lab("status", timeout=120)
-    for name in ("lab-coordinator", "lab-worker4", APP, EDGE):
+    for name in ("lab-coordinator", "lab-worker4", APP, *EDGES):
         assert name in output
+    assert re.search(
+        rf"the virtual address {lab.virtual_address}: held by lab-edge\d$", output, re.M
+    )
     shards = output.split("== shards per node", 1)[1].split("==", 1)[0]
     assert len(re.findall(r"lab-worker\d", shards)) == 4
     for unit in [f"dialogs@{port}" for port in DIALOGS_PORTS] + GATEWAY_UNITS:
