@@ -67,6 +67,8 @@ Environment:
 WELCOME = r"""
 The lab is up: the API at {URL} (description: {URL}/openapi.yaml),
 HTTPS with a certificate of the lab's CA: {CA}
+The same API on the edge's virtual address, which keepalived moves to the other edge host
+when one fails: {VIRTUAL_URL}
 Try it (copy and paste):
 
   URL={URL}
@@ -81,9 +83,6 @@ Try it (copy and paste):
   curl -s $URL/dialog/$BOB/send -H "Authorization: Bearer $TOKEN" \
       -H 'Content-Type: application/json' -d '{"text": "Hello, Bob!"}'; echo
   curl -si "$URL/dialog/$BOB/list?limit=20" -H "Authorization: Bearer $TOKEN"; echo
-
-The same API on the edge's virtual address, which keepalived moves to the other edge host
-when one fails: {VIRTUAL_URL}
 
 More: bin/lab status | bin/lab scale 2 | bin/lab down
 """
