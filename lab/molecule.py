@@ -40,15 +40,28 @@ def _networks(platform: dict[str, Any]) -> list[str]:
     return [network["name"] for network in platform.get("networks", [])]
 
 
+def _subnets(platforms: list[dict[str, Any]]) -> dict[str, str]:
+    """network -> subnet, for the networks a platform gives one (``subnet:``); docker picks
+    the others'."""
+    return {
+        network["name"]: str(network["subnet"])
+        for platform in platforms
+        for network in platform.get("networks", [])
+        if network.get("subnet")
+    }
+
+
 def image_of(platform: dict[str, Any]) -> str:
     return str(platform.get("image") or os.environ.get("LAB_CITUS_IMAGE") or topology.CITUS_IMAGE)
 
 
 def create(config_file: Path, ephemeral: Path) -> None:
     platforms = _platforms(config_file)
+    subnets = _subnets(platforms)
     for network in dict.fromkeys(n for p in platforms for n in _networks(p)):
         if _docker("network", "inspect", network, check=False).returncode != 0:
-            _docker("network", "create", "--label", LABEL, network)
+            subnet = ["--subnet", subnets[network]] if network in subnets else []
+            _docker("network", "create", "--label", LABEL, *subnet, network)
     for platform in platforms:
         name, networks = platform["name"], _networks(platform)
         if _docker("container", "inspect", name, check=False).returncode == 0:

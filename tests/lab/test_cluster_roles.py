@@ -9,6 +9,10 @@ Scenarios (each: converge, idempotence = second converge changed=0, check mode, 
                               broken connection, removing a worker and refusing to, a
                               rebalance whose moves fail (error text in the failure), a
                               rebalance that succeeds
+  roles/etcd         default  three etcd members with mutual TLS: healthy cluster, put/get with a
+                              client certificate, a client without one refused, a rolling
+                              restart (one member at a time) with every write of a writer
+                              succeeding
   molecule/cluster            playbooks/cluster.yml on coordinator + 2 workers; verify creates a
                               distributed table (Task Count: 1), runs playbooks/scale_out.yml with
                               a third worker, checks shards moved and no row was lost
@@ -51,6 +55,7 @@ SCENARIOS = {
     "citus_node": Scenario(REPO_ROOT / "roles" / "citus_node", "default"),
     "citus_cluster": Scenario(REPO_ROOT / "roles" / "citus_cluster", "default"),
     "cluster": Scenario(REPO_ROOT, "cluster"),
+    "etcd": Scenario(REPO_ROOT / "roles" / "etcd", "default"),
 }
 
 

@@ -16,7 +16,7 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BEGIN = "<!-- options: generated from meta/argument_specs.yml (tests/unit/test_role_readmes.py) -->"
 END = "<!-- end of options -->"
-ROLES = ["citus_node", "citus_cluster", "patroni"]
+ROLES = ["citus_node", "citus_cluster", "patroni", "etcd"]
 
 
 def _cell(text: str) -> str:
