@@ -155,8 +155,12 @@ CASES: dict[str, Case] = {
         variables={"patroni_postgresql_ssl_cert_pem": KEY},
     ),
     "asynchronous commit": Case(
-        ["synchronous_commit (if any) is not below 'local'"],
+        ["synchronous_commit (if any) is on or remote_apply"],
         variables={"patroni_postgresql_parameters": {"synchronous_commit": "off"}},
+    ),
+    "commit acknowledged before the standby has it": Case(
+        ["synchronous_commit (if any) is on or remote_apply"],
+        variables={"patroni_postgresql_parameters": {"synchronous_commit": "local"}},
     ),
     "ttl below Patroni's minimum": Case(
         ["patroni_ttl must be >= 20 (Patroni's minimum)"], variables={"patroni_ttl": 10}
