@@ -71,6 +71,7 @@ class Case:
     hosts: dict[str, dict[str, Any]] = field(default_factory=lambda: copy.deepcopy(GOOD))
     variables: dict[str, Any] = field(default_factory=dict)  # over VARS; None removes one
     group: str = "patroni"  # the inventory group the hosts are in
+    debian_databases: int = 3  # directories in base/ of the case's own "Debian cluster"
 
 
 CASES: dict[str, Case] = {
@@ -162,6 +163,10 @@ CASES: dict[str, Case] = {
         ["synchronous_commit (if any) is on or remote_apply"],
         variables={"patroni_postgresql_parameters": {"synchronous_commit": "local"}},
     ),
+    "Debian's cluster holds data": Case(
+        ["patroni_debian_cluster: Debian's cluster 'main' on c1 holds 1 database(s) besides"],
+        debian_databases=4,
+    ),
     "ttl below Patroni's minimum": Case(
         ["patroni_ttl must be >= 20 (Patroni's minimum)"], variables={"patroni_ttl": 10}
     ),
@@ -178,7 +183,11 @@ def write_case(directory: Path, case: Case) -> tuple[Path, Path]:
             }
         }
     }
-    variables = {k: v for k, v in (VARS | case.variables).items() if v is not None}
+    debian = directory / "debian-main"
+    for number in range(case.debian_databases):
+        (debian / "base" / str(number + 1)).mkdir(parents=True)
+    own = {"patroni_debian_cluster_data_dir": str(debian)}
+    variables = {k: v for k, v in (VARS | own | case.variables).items() if v is not None}
     (directory / "group_vars" / "all").mkdir(parents=True)
     (directory / "hosts.yml").write_text(json.dumps(inventory))
     (directory / "group_vars" / "all" / "main.yml").write_text(json.dumps(variables))
