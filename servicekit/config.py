@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 # asyncpg's values (libpq's); a typo would otherwise surface as a 503 on every request.
 TARGET_SESSION_ATTRS = ("any", "primary", "standby", "prefer-standby", "read-write", "read-only")
@@ -65,7 +65,8 @@ class Env:
         url = self.text(name, secret=secret)
         if not url.startswith(("postgresql://", "postgres://")):
             raise ConfigError(f"{name} must be a postgresql:// URL")
-        attrs = parse_qs(urlsplit(url).query).get("target_session_attrs", [])
+        # Not urlsplit: it refuses several servers when one is an IPv6 address ("[fd00::1]:5432").
+        attrs = parse_qs(url.partition("?")[2]).get("target_session_attrs", [])
         for value in attrs:
             if value not in TARGET_SESSION_ATTRS:
                 raise ConfigError(

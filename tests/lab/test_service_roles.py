@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from servicekit.config import Env
 from tests.lab.lab_support import REPO_ROOT, build_wheelhouse, run
 
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
@@ -96,6 +97,8 @@ _BAD_INPUT: list[tuple[str, dict[str, object], str]] = [
     ("dialogs", {"dialogs_extra_env": {"PATH": "/usr/bin"}},
      "dialogs_extra_env must map DIALOGS_* names"),
     ("dialogs", {"dialogs_database_password": ""}, "dialogs_database_password is missing"),
+    ("dialogs", {"dialogs_database_hosts": ["10.0.0.10", ""]},
+     "dialogs_database_host is empty (or dialogs_database_hosts lists an empty one)"),
     # Checked by python_app for both services, naming the calling role's variable:
     ("gateway", {"gateway_instance_count": 0}, "gateway_instance_count must be at least 1, got 0"),
     ("gateway", {"gateway_extra_env": {"DIALOGS_LOG_LEVEL": "INFO"}},
@@ -197,3 +200,53 @@ def test_readme_options_table_matches_the_argument_spec(role: str) -> None:
     # And every option the role's defaults set is documented.
     defaults = yaml.safe_load((role_dir / "defaults" / "main.yml").read_text()) or {}
     assert set(defaults) <= set(options)
+
+
+@pytest.mark.parametrize(
+    ("hosts", "servers"),
+    [
+        (["10.0.0.10"], "10.0.0.10:5432/dialogs?sslmode=require"),
+        (
+            ["10.0.0.10", "10.0.0.11", "fd00::12"],
+            "10.0.0.10:5432,10.0.0.11:5432,[fd00::12]:5432/dialogs?sslmode=require"
+            "&target_session_attrs=read-write",
+        ),
+    ],
+)
+def test_the_env_file_names_every_database_server(
+    hosts: list[str], servers: str, tmp_path: Path
+) -> None:
+    """python_app's environment file: one server, or every server that may be the
+    coordinator's primary with target_session_attrs=read-write; the service accepts it."""
+    variables = tmp_path / "vars.json"
+    database = {"hosts": hosts, "port": 5432, "name": "dialogs", "user": "dialogs",
+                "password": "p@ss/word", "sslmode": "require"}  # fmt: skip
+    variables.write_text(
+        json.dumps(
+            {
+                "python_app_name": "dialogs",
+                "python_app_database": database,
+                "python_app_env": {},
+                "python_app_extra_env": {},
+                "ansible_python_interpreter": str(VENV_BIN / "python"),
+            }
+        )
+    )
+    playbook = tmp_path / "play.yml"
+    template = REPO_ROOT / "roles" / "python_app" / "templates" / "app.env.j2"
+    playbook.write_text(
+        "- hosts: localhost\n  connection: local\n  gather_facts: false\n  tasks:\n"
+        f"    - ansible.builtin.template: {{src: '{template}', dest: '{tmp_path}/app.env'}}\n"
+    )
+    run(
+        [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", "-e", f"@{variables}",
+         str(playbook)],
+        timeout=120,
+        env={"PATH": f"{VENV_BIN}:{os.environ['PATH']}", "ANSIBLE_NOCOLOR": "1"},
+    )  # fmt: skip
+    lines = (tmp_path / "app.env").read_text().splitlines()
+    [url_line] = [line for line in lines if line.startswith("DIALOGS_DATABASE_URL=")]
+    url = url_line.split("=", 1)[1].strip('"')
+    assert url == f"postgresql://dialogs:p%40ss%2Fword@{servers}"
+    assert "" not in lines[2:], "blank lines in the environment file"
+    assert Env({"DIALOGS_DATABASE_URL": url}).database_url("DIALOGS_DATABASE_URL") == url
