@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -113,30 +114,52 @@ def test_the_cluster_forms(healthy: HaCluster) -> None:
         )
 
 
-def test_worker_primary_killed_fails_over_to_its_standby(healthy: HaCluster) -> None:
-    table = "ha_probe_worker_kill"
-    create_probe_table(healthy.coordinator_sql, table)
-    old, standby = healthy.leader(1), healthy.standbys(1)[0]
+@dataclass
+class _Kill:
+    """A group's primary killed (kill -9 of its postmaster) while a careful client writes."""
+
+    table: str
+    old: PatroniNode
+    standby: PatroniNode
+    new: PatroniNode
+    killed_at: float
+    promoted_s: float
+    writer: SqlWriter
+
+    def finish(self, cluster: HaCluster) -> tuple[Tally, Loss, float | None]:
+        """More writes after the failover, then what the client lost and when it was
+        served again."""
+        _wait_acks(self.writer, 30)
+        tally = self.writer.finish()
+        loss = check_writes(cluster.coordinator_sql, self.table, tally)
+        return tally, loss, tally.served_again_after(self.killed_at)
+
+
+def _kill_primary_under_writes(cluster: HaCluster, group: int, table: str) -> _Kill:
+    create_probe_table(cluster.coordinator_sql, table)
+    old, standby = cluster.leader(group), cluster.standbys(group)[0]
     assert old is not None
-    writer = SqlWriter(healthy.coordinator_url(), table)
+    # postgresql://…@h1:p1,h2:p2/dialogs?target_session_attrs=read-write
+    writer = SqlWriter(cluster.coordinator_url(), table)
     writer.start()
     _wait_acks(writer, 30)
-
     killed_at = time.monotonic()
     old.kill_postmaster()
-    new = _new_leader(healthy, 1, old)
-    promoted = time.monotonic() - killed_at
+    new = _new_leader(cluster, group, old)
+    return _Kill(table, old, standby, new, killed_at, time.monotonic() - killed_at, writer)
+
+
+def test_worker_primary_killed_fails_over_to_its_standby(healthy: HaCluster) -> None:
+    kill = _kill_primary_under_writes(healthy, 1, "ha_probe_worker_kill")
+    old, standby, new, promoted = kill.old, kill.standby, kill.new, kill.promoted_s
     wait_for(
         "pg_dist_node names group 1's new primary",
         lambda: healthy.registered_primaries().get(1) == new.pg_port,
         60,
         step=0.05,
     )
-    registered = time.monotonic() - killed_at
-    _wait_acks(writer, 30)
-    tally = writer.finish()
-    loss = check_writes(healthy.coordinator_sql, table, tally)
-    served = tally.served_again_after(killed_at)
+    registered = time.monotonic() - kill.killed_at
+    tally, loss, served = kill.finish(healthy)
     _report(
         "worker primary killed (kill -9 postmaster)",
         tally,
@@ -154,24 +177,10 @@ def test_worker_primary_killed_fails_over_to_its_standby(healthy: HaCluster) -> 
 def test_coordinator_primary_killed_clients_follow_with_a_multi_host_url(
     healthy: HaCluster,
 ) -> None:
-    table = "ha_probe_coordinator_kill"
-    create_probe_table(healthy.coordinator_sql, table)
-    old, standby = healthy.leader(0), healthy.standbys(0)[0]
-    assert old is not None
     worker_before = healthy.registered_primaries()[1]
-    # postgresql://…@h1:p1,h2:p2/dialogs?target_session_attrs=read-write
-    writer = SqlWriter(healthy.coordinator_url(), table)
-    writer.start()
-    _wait_acks(writer, 30)
-
-    killed_at = time.monotonic()
-    old.kill_postmaster()
-    new = _new_leader(healthy, 0, old)
-    promoted = time.monotonic() - killed_at
-    _wait_acks(writer, 30)
-    tally = writer.finish()
-    loss = check_writes(healthy.coordinator_sql, table, tally)
-    served = tally.served_again_after(killed_at)
+    kill = _kill_primary_under_writes(healthy, 0, "ha_probe_coordinator_kill")
+    old, standby, new, promoted = kill.old, kill.standby, kill.new, kill.promoted_s
+    tally, loss, served = kill.finish(healthy)
     _report(
         "coordinator primary killed (kill -9 postmaster)",
         tally,
@@ -188,7 +197,7 @@ def test_coordinator_primary_killed_clients_follow_with_a_multi_host_url(
         60,
         step=0.05,
     )
-    print(f"[ha]   pg_dist_node updated {time.monotonic() - killed_at:.2f} s after the kill")
+    print(f"[ha]   pg_dist_node updated {time.monotonic() - kill.killed_at:.2f} s after the kill")
     healthy.wait_healthy(90)
     assert [n.name for n in healthy.standbys(0)] == [old.name]
 
