@@ -16,6 +16,11 @@ Scenarios (each: converge, idempotence = second converge changed=0, check mode, 
   molecule/cluster            playbooks/cluster.yml on coordinator + 2 workers; verify creates a
                               distributed table (Task Count: 1), runs playbooks/scale_out.yml with
                               a third worker, checks shards moved and no row was lost
+  molecule/ha                 playbooks/ha_cluster.yml on 4 hosts (Citus groups 0 and 1, each a
+                              Patroni leader and a sync standby; etcd on 3 of them): patronictl
+                              and pg_dist_node, the application role over TLS on a multi-host
+                              URL, a kill -9 of the coordinator leader's postmaster (writes again
+                              within 30 s, the old leader back as sync standby, no row lost)
 
 The scenarios that the session selected run concurrently (they are mostly waiting on
 containers), each with its own ephemeral directory and generated test-only passwords.
@@ -27,6 +32,7 @@ import os
 import re
 import secrets
 import subprocess
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +62,7 @@ SCENARIOS = {
     "citus_cluster": Scenario(REPO_ROOT / "roles" / "citus_cluster", "default"),
     "cluster": Scenario(REPO_ROOT, "cluster"),
     "etcd": Scenario(REPO_ROOT / "roles" / "etcd", "default"),
+    "ha": Scenario(REPO_ROOT, "ha"),
 }
 
 
@@ -64,6 +71,7 @@ class MoleculeRun:
     returncode: int
     output: str  # stdout + stderr, without colours
     passwords: tuple[str, ...]
+    seconds: float = 0.0  # the scenario's wall-clock time
 
 
 def tool_env() -> dict[str, str]:
@@ -86,6 +94,7 @@ def run_molecule(key: str, ephemeral: Path) -> MoleculeRun:
         "MOLECULE_DB_SUPERUSER_PASSWORD": passwords[0],
         "MOLECULE_DB_APP_PASSWORD": passwords[1],
     }
+    started = time.monotonic()
     try:
         result = subprocess.run(
             [str(VENV_BIN / "molecule"), "test", "-s", scenario.name],
@@ -105,9 +114,11 @@ def run_molecule(key: str, ephemeral: Path) -> MoleculeRun:
             env=env,
         )
         out = exc.stdout if isinstance(exc.stdout, str) else ""
-        return MoleculeRun(-1, ANSI.sub("", out) + "\n(timed out)", passwords)
+        return MoleculeRun(
+            -1, ANSI.sub("", out) + "\n(timed out)", passwords, time.monotonic() - started
+        )
     output = ANSI.sub("", result.stdout + result.stderr)
-    return MoleculeRun(result.returncode, output, passwords)
+    return MoleculeRun(result.returncode, output, passwords, time.monotonic() - started)
 
 
 @pytest.fixture(scope="module")
@@ -177,6 +188,7 @@ def test_playbook_syntax(playbook: str) -> None:
 def test_molecule_scenario(molecule_runs: dict[str, Future[MoleculeRun]], scenario: str) -> None:
     run = molecule_runs[scenario].result()
     name = SCENARIOS[scenario].name
+    print(f"\n[molecule] {scenario}: {run.seconds:.0f} s (returncode {run.returncode})")
     assert run.returncode == 0, run.output[-8000:]
     for step in ("converge", "idempotence", "check", "verify"):
         # "default ➜ verify: Executed: ..." with colours, "default > verify: ..." without.
@@ -191,3 +203,8 @@ def test_molecule_scenario(molecule_runs: dict[str, Future[MoleculeRun]], scenar
         assert re.search(
             r"rebalance job \d+: (\d+)/\1\s+moves\s+done\s+\(finished\)", run.output
         ), run.output[-6000:]
+    if scenario == "ha":
+        # verify's failover drill reported its figures (and passed its 30 s bound).
+        failover = re.search(r"ha failover: [^\"]*", run.output)
+        assert failover, run.output[-6000:]
+        print(f"[molecule] {' '.join(failover.group(0).split())}")
