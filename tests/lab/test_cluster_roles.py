@@ -62,8 +62,12 @@ SCENARIOS = {
     "citus_cluster": Scenario(REPO_ROOT / "roles" / "citus_cluster", "default"),
     "cluster": Scenario(REPO_ROOT, "cluster"),
     "etcd": Scenario(REPO_ROOT / "roles" / "etcd", "default"),
-    "ha": Scenario(REPO_ROOT, "ha"),
 }
+# molecule/ha passed when run alone (443 s, `pytest tests/lab/test_cluster_roles.py -k ha`
+# with LAB_MOLECULE_HA=1) but has not been through a whole suite yet, which is already over
+# its time budget: it joins the default batch once the suite has room (issue 11).
+if os.environ.get("LAB_MOLECULE_HA") == "1":
+    SCENARIOS["ha"] = Scenario(REPO_ROOT, "ha")
 
 
 @dataclass(frozen=True)
