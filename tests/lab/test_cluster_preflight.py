@@ -13,7 +13,7 @@ import re
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,14 +146,15 @@ def write_inventory(directory: Path, case: Case) -> Path:
 
 
 def run_preflight(
-    playbook: str, inventory: Path, extra: list[str]
+    inventory: Path, playbook: Path, *extra: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
+    """``playbook`` in check mode with only its preflight tasks (nothing changes)."""
     return subprocess.run(
         [
             str(VENV_BIN / "ansible-playbook"),
             "-i",
             str(inventory),
-            str(REPO_ROOT / "playbooks" / playbook),
+            str(playbook),
             "--check",
             "--tags",
             "preflight",
@@ -163,23 +164,51 @@ def run_preflight(
         text=True,
         timeout=300,
         cwd=REPO_ROOT,
-        env=ansible_env(),
+        env=ansible_env() | (env or {}),
     )
+
+
+def run_cases(
+    names: Iterable[str], one: Callable[[str], subprocess.CompletedProcess[str]]
+) -> dict[str, tuple[int, str]]:
+    """Every case, run four at a time: name -> (exit code, output without colours)."""
+
+    def outcome(name: str) -> tuple[str, tuple[int, str]]:
+        result = one(name)
+        return name, (result.returncode, ANSI.sub("", result.stdout + result.stderr))
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return dict(pool.map(outcome, names))
+
+
+def check_outcome(
+    outcome: tuple[int, str], expected: list[str], not_reached: tuple[str, ...]
+) -> None:
+    """A case's outcome: it passed (``expected`` empty), or it failed saying each of
+    ``expected``, and no task named in ``not_reached`` (past preflight) ran."""
+    code, output = outcome
+    if not expected:
+        assert code == 0, output[-4000:]
+        assert "failed=0" in output
+        return
+    assert code != 0, f"preflight passed although it should fail:\n{output[-3000:]}"
+    flat = unwrap(output)
+    for text in expected:
+        assert text in flat, f"{text!r} not in the output:\n{output[-4000:]}"
+    for task in not_reached:
+        assert task not in output
 
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, str]]:
-    """Every case, run four at a time: name -> (exit code, output without colours)."""
     root = tmp_path_factory.mktemp("preflight")
 
-    def one(name: str) -> tuple[str, tuple[int, str]]:
+    def one(name: str) -> subprocess.CompletedProcess[str]:
         case = CASES[name]
-        directory = root / uuid.uuid4().hex[:8]
-        result = run_preflight(case.playbook, write_inventory(directory, case), case.extra)
-        return name, (result.returncode, ANSI.sub("", result.stdout + result.stderr))
+        inventory = write_inventory(root / uuid.uuid4().hex[:8], case)
+        return run_preflight(inventory, REPO_ROOT / "playbooks" / case.playbook, *case.extra)
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        return dict(pool.map(one, CASES))
+    return run_cases(CASES, one)
 
 
 def unwrap(output: str) -> str:
@@ -189,19 +218,12 @@ def unwrap(output: str) -> str:
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_preflight(outcomes: dict[str, tuple[int, str]], name: str) -> None:
-    code, output = outcomes[name]
-    expected = CASES[name].expect
-    if not expected:
-        assert code == 0, output[-4000:]
-        assert "failed=0" in output
-        return
-    assert code != 0, f"preflight passed although it should fail:\n{output[-3000:]}"
-    flat = unwrap(output)
-    for text in expected:
-        assert text in flat, f"{text!r} not in the output:\n{output[-4000:]}"
     # Nothing past preflight ran: no task of the install or configure phases.
-    assert "Install PostgreSQL, Citus" not in output
-    assert "Write the restart-only settings" not in output
+    check_outcome(
+        outcomes[name],
+        CASES[name].expect,
+        ("Install PostgreSQL, Citus", "Write the restart-only settings"),
+    )
 
 
 def test_no_secret_in_the_output(outcomes: dict[str, tuple[int, str]]) -> None:

@@ -9,21 +9,17 @@ change nothing.
 from __future__ import annotations
 
 import json
-import os
-import re
 import subprocess
 import sys
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-VENV_BIN = REPO_ROOT / ".venv" / "bin"
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
+from tests.lab.test_cluster_preflight import REPO_ROOT, check_outcome, run_cases, run_preflight
+
 # Test-only stand-ins: PEM-looking, no real key.
 KEY_MATERIAL = "test-only-etcd-key-material-0123456789"
 TLS = {
@@ -142,16 +138,6 @@ PLAYBOOK = [
 ]
 
 
-def ansible_env() -> dict[str, str]:
-    return os.environ | {
-        "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
-        "ANSIBLE_FORCE_COLOR": "0",
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg"),
-        "ANSIBLE_ROLES_PATH": str(REPO_ROOT / "roles"),
-    }
-
-
 def write_inventory(directory: Path, case: Case) -> Path:
     local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
     group_vars = {k: v for k, v in (TLS | case.group_vars).items() if v is not None}
@@ -174,53 +160,24 @@ def write_inventory(directory: Path, case: Case) -> Path:
     return directory
 
 
-def run_preflight(directory: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            str(VENV_BIN / "ansible-playbook"),
-            "-i",
-            str(directory / "hosts.yml"),
-            str(directory / "play.yml"),
-            "--check",
-            "--tags",
-            "preflight",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO_ROOT,
-        env=ansible_env(),
-    )
-
-
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, str]]:
-    """Every case, run four at a time: name -> (exit code, output without colours)."""
     root = tmp_path_factory.mktemp("etcd-preflight")
+    roles = {"ANSIBLE_ROLES_PATH": str(REPO_ROOT / "roles")}
 
-    def one(name: str) -> tuple[str, tuple[int, str]]:
-        result = run_preflight(write_inventory(root / uuid.uuid4().hex[:8], CASES[name]))
-        return name, (result.returncode, ANSI.sub("", result.stdout + result.stderr))
+    def one(name: str) -> subprocess.CompletedProcess[str]:
+        directory = write_inventory(root / uuid.uuid4().hex[:8], CASES[name])
+        return run_preflight(directory / "hosts.yml", directory / "play.yml", env=roles)
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        return dict(pool.map(one, CASES))
+    return run_cases(CASES, one)
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_preflight(outcomes: dict[str, tuple[int, str]], name: str) -> None:
-    code, output = outcomes[name]
-    expected = CASES[name].expect
-    if not expected:
-        assert code == 0, output[-4000:]
-        assert "failed=0" in output
-        return
-    assert code != 0, f"preflight passed although it should fail:\n{output[-3000:]}"
-    flat = re.sub(r"\s+", " ", output)
-    for text in expected:
-        assert text in flat, f"{text!r} not in the output:\n{output[-4000:]}"
     # Nothing past preflight ran.
-    assert "Install etcd-server" not in output
-    assert "Write etcd's settings" not in output
+    check_outcome(
+        outcomes[name], CASES[name].expect, ("Install etcd-server", "Write etcd's settings")
+    )
 
 
 def test_no_key_in_the_output(outcomes: dict[str, tuple[int, str]]) -> None:

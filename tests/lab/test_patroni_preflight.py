@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 import subprocess
 import sys
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.lab.test_cluster_preflight import ANSI, REPO_ROOT, VENV_BIN, ansible_env, unwrap
+from tests.lab.test_cluster_preflight import REPO_ROOT, check_outcome, run_cases, run_preflight
 
 # Look-alike PEM blocks: preflight checks their shape only. Test-only secrets, long enough.
 CERT = "-----BEGIN CERTIFICATE-----\nMIIBtest\n-----END CERTIFICATE-----\n"
@@ -204,55 +202,26 @@ def write_case(directory: Path, case: Case) -> tuple[Path, Path]:
     return directory / "hosts.yml", directory / "play.yml"
 
 
-def run_preflight(inventory: Path, playbook: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            str(VENV_BIN / "ansible-playbook"),
-            "-i",
-            str(inventory),
-            str(playbook),
-            "--check",
-            "--tags",
-            "preflight",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO_ROOT,
-        env=ansible_env() | {"ANSIBLE_ROLES_PATH": str(REPO_ROOT / "roles")},
-    )
-
-
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, str]]:
-    """Every case, run four at a time: name -> (exit code, output without colours)."""
     root = tmp_path_factory.mktemp("patroni-preflight")
+    roles = {"ANSIBLE_ROLES_PATH": str(REPO_ROOT / "roles")}
 
-    def one(name: str) -> tuple[str, tuple[int, str]]:
+    def one(name: str) -> subprocess.CompletedProcess[str]:
         directory = root / uuid.uuid4().hex[:8]
-        result = run_preflight(*write_case(directory, CASES[name]))
-        return name, (result.returncode, ANSI.sub("", result.stdout + result.stderr))
+        return run_preflight(*write_case(directory, CASES[name]), env=roles)
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        return dict(pool.map(one, CASES))
+    return run_cases(CASES, one)
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_preflight(outcomes: dict[str, tuple[int, str]], name: str) -> None:
-    code, output = outcomes[name]
-    expected = CASES[name].expect
-    if not expected:
-        assert code == 0, output[-4000:]
-        assert re.search(r"failed=0", output), output[-4000:]
-        assert "failed=1" not in output
-        return
-    assert code != 0, f"preflight passed although it should fail:\n{output[-3000:]}"
-    flat = unwrap(output)
-    for text in expected:
-        assert text in flat, f"{text!r} not in the output:\n{output[-4000:]}"
     # Nothing past preflight ran.
-    assert "Build the Patroni wheelhouse" not in output
-    assert "Write patroni.yml" not in output
+    check_outcome(
+        outcomes[name], CASES[name].expect, ("Build the Patroni wheelhouse", "Write patroni.yml")
+    )
+    if not CASES[name].expect:
+        assert "failed=1" not in outcomes[name][1]
 
 
 def test_no_secret_in_the_output(outcomes: dict[str, tuple[int, str]]) -> None:
