@@ -20,6 +20,16 @@ EDGE2 = "lab-edge2"  # the second edge host: keepalived moves the virtual addres
 EDGES = (EDGE, EDGE2)
 DEFAULT_WORKERS = 2
 MAX_WORKERS = 200
+# The two topologies (LAB_TOPOLOGY): "single", one PostgreSQL server per Citus node
+# (roles citus_node, citus_cluster); "ha", every Citus group (0 the coordinator, 1..N the
+# workers) a Patroni cluster of a primary and a synchronous standby on hosts of their own,
+# with 3 etcd members on the first host of groups 0, 1 and 2 (roles etcd, patroni).
+TOPOLOGIES = ("single", "ha")
+DEFAULT_TOPOLOGY = "single"
+HA_GROUP_HOSTS = 2  # a primary and a synchronous standby
+HA_ETCD_MEMBERS = 3
+PATRONI_BIN = "/opt/patroni/venv/bin"  # roles/patroni: patroni_install_dir/venv
+PATRONI_CONFIG = "/etc/patroni/patroni.yml"
 HTTPS_PORT = 443  # the edge's, inside its host; published on 127.0.0.1:LAB_HTTPS_PORT
 DEFAULT_PUBLISHED_PORT = 8443
 METRICS_PORT = 8405  # the edge's metrics, on its private address only
@@ -34,6 +44,8 @@ TLS_NAMES = ("localhost", *EDGES)
 _EDGE_HOSTS = {EDGE: 4, EDGE2: 6}
 _APP_HOST = 5
 _COORDINATOR_HOST = 10
+_HA_FIRST_HOST = 20  # the HA topology's database hosts: 4 host numbers per Citus group
+_HA_HOSTS_PER_GROUP = 4
 _VIRTUAL_HOST = 100  # in the edge subnet: the address keepalived moves
 
 BASE_IMAGE = "dialogs-lab/debian-systemd:bookworm"
@@ -84,6 +96,28 @@ def coordinator_address(subnet: str) -> str:
 
 def worker_address(subnet: str, number: int) -> str:
     return str(ipaddress.ip_network(subnet)[_COORDINATOR_HOST + number])
+
+
+def ha_host(group: int, member: int) -> str:
+    """The HA topology's database host ``member`` (1, 2) of Citus group ``group``."""
+    return f"lab-pg{group}-{member}"
+
+
+def ha_address(subnet: str, group: int, member: int) -> str:
+    host = _HA_FIRST_HOST + group * _HA_HOSTS_PER_GROUP + member
+    return str(ipaddress.ip_network(subnet)[host])
+
+
+def ha_max_workers(subnet: str) -> int:
+    """How many worker groups' hosts fit in ``subnet``."""
+    size = ipaddress.ip_network(subnet).num_addresses
+    return (min(size - 2, 254) - _HA_FIRST_HOST) // _HA_HOSTS_PER_GROUP - 1
+
+
+def ha_etcd_hosts(worker_groups: int) -> list[str]:
+    """etcd's members: the first host of groups 0, 1, 2 (3 groups at least in the lab)."""
+    groups = range(min(worker_groups + 1, HA_ETCD_MEMBERS))
+    return [ha_host(group, 1) for group in groups]
 
 
 def systemd_container(name: str, image: str, *options: str, create: bool = False) -> list[str]:

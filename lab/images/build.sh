@@ -166,11 +166,15 @@ build_citus() {
     files_digest=$(citus_files_digest "$ctx")
     citus_version=$(sed -n "s/^default_version *= *'\([0-9]*\.[0-9]*\).*/\1/p" "$PG_EXT/citus.control")
     [ -n "$citus_version" ] || die "no default_version in $PG_EXT/citus.control"
+    local recipe
+    recipe=$(sha256sum "$HERE/citus.Dockerfile" | cut -d' ' -f1)
     if image_exists "$CITUS_IMAGE" && [ "$force" -eq 0 ]; then
-        local built_pg built_files
+        local built_pg built_files built_recipe
         built_pg=$(label_of "$CITUS_IMAGE" org.dialogs-lab.postgresql)
         built_files=$(label_of "$CITUS_IMAGE" org.dialogs-lab.citus-files)
-        if [ "$built_pg" = "$pg_version" ] && [ "$built_files" = "$files_digest" ]; then
+        built_recipe=$(label_of "$CITUS_IMAGE" org.dialogs-lab.recipe)
+        if [ "$built_pg" = "$pg_version" ] && [ "$built_files" = "$files_digest" ] \
+                && [ "$built_recipe" = "$recipe" ]; then
             say "$CITUS_IMAGE exists and matches this host (postgresql-$PG_MAJOR $pg_version," \
                 "Citus $citus_version files ${files_digest:0:12}): reused"
             return 0
@@ -179,6 +183,8 @@ build_citus() {
             "'${built_pg:-unknown}', this host has $pg_version: rebuilding it"
         [ "$built_files" = "$files_digest" ] || say "$CITUS_IMAGE holds other Citus files" \
             "(${built_files:-no checksum label}) than this host ($files_digest): rebuilding it"
+        [ "$built_recipe" = "$recipe" ] || say "$CITUS_IMAGE was built from another" \
+            "citus.Dockerfile (${built_recipe:-no recipe label}): rebuilding it"
     fi
     local old_id
     old_id=$(docker image inspect -f '{{.Id}}' "$CITUS_IMAGE" 2>/dev/null || true)
@@ -186,7 +192,8 @@ build_citus() {
     say "building $CITUS_IMAGE (postgresql-$PG_MAJOR $pg_version + this host's Citus $citus_version files)"
     build citus -t "$CITUS_IMAGE" --build-arg "BASE=$BASE_IMAGE" \
         --build-arg "PG_MAJOR=$PG_MAJOR" --build-arg "PG_VERSION=$pg_version" \
-        --build-arg "CITUS_FILES=$files_digest" --build-arg "CITUS_VERSION=$citus_version" "$ctx"
+        --build-arg "CITUS_FILES=$files_digest" --build-arg "CITUS_VERSION=$citus_version" \
+        --build-arg "RECIPE=$recipe" "$ctx"
     # The copied objects must find every library they link against in the image.
     if docker run --rm --entrypoint sh "$CITUS_IMAGE" -c \
             "ldd $PG_LIB/citus.so $PG_LIB/citus_columnar.so" | grep -q 'not found'; then
