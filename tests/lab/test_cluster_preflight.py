@@ -71,6 +71,10 @@ CASES: dict[str, Case] = {
         {"coordinator": ["c1"], "workers": ["c1", "w1"]},
         ["c1 is in both 'coordinator' and 'workers'", "remove it from one"],
     ),
+    "a cluster of both kinds": Case(
+        GOOD | {"patroni": ["p1", "p2"]},
+        ["(the highly available cluster)", "p1, p2 and c1, w1, w2", "keep one set of groups"],
+    ),
     "missing superuser secret": Case(
         GOOD,
         ["citus_node_superuser_password is missing", "define vault_db_superuser_password"],
