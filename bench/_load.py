@@ -167,6 +167,21 @@ def machine() -> str:
     )
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(all, stolen) CPU time of the machine since boot, in clock ticks (/proc/stat)."""
+    with open("/proc/stat") as handle:
+        fields = [int(value) for value in handle.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest time is inside user already)
+    return sum(fields[:8]), fields[7] if len(fields) > 7 else 0
+
+
+def stolen_since(start: tuple[int, int]) -> str:
+    """How much of the CPU time since ``start`` (cpu_ticks()) the hypervisor took for other
+    guests: on a shared VM the CPU figures of a run are inflated by about that much."""
+    total, stolen = (now - then for now, then in zip(cpu_ticks(), start, strict=True))
+    return f"CPU time stolen by the hypervisor during the run: {100 * stolen / max(total, 1):.0f}%"
+
+
 def connection_counts(text: str) -> list[int]:
     """--concurrency's comma-separated wrk connection counts, each 1..256."""
     counts = [int(c) for c in text.split(",")]

@@ -49,8 +49,10 @@ from cryptography.x509.oid import NameOID
 from bench._load import (
     Result,
     connection_counts,
+    cpu_ticks,
     machine,
     require,
+    stolen_since,
     table,
     wait_for_both_upstreams,
     wrk,
@@ -363,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     require("haproxy", "haproxy")
 
     print(machine(), flush=True)
-    started = time.monotonic()
+    started, ticks = time.monotonic(), cpu_ticks()
     database = start_database(args.plain)
     services: list[ServiceProcess] = []
     try:
@@ -461,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"gateway 1 worker; dialogs x2, 1 worker each; {database.description}; "
         f"{args.seconds} s per step; {time.monotonic() - started:.0f} s in all; "
-        f"load average at the end {os.getloadavg()[0]:.2f}"
+        f"load average at the end {os.getloadavg()[0]:.2f}; {stolen_since(ticks)}"
     )
     print(
         "wrk keeps its connections open (HTTP/1.1 keep-alive): each connection's TLS handshake"

@@ -21,7 +21,7 @@ import sys
 import time
 from typing import Any
 
-from bench._load import connection_counts, machine, table, wrk
+from bench._load import connection_counts, cpu_ticks, machine, stolen_since, table, wrk
 from bench.public_path import pid_of, tree_cpu_s
 from tests.support.gateway import gateway_process, make_token, ready_upstreams
 from tests.support.postgres import free_port
@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.seconds <= 30 or not 1 <= args.rounds <= 5:
         raise SystemExit("--seconds must be 1..30 and --rounds 1..5")
     print(machine(), flush=True)
+    ticks = cpu_ticks()
     ports = [free_port(), free_port()]
     fakes = [
         subprocess.Popen(
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         for fake in fakes:
             fake.terminate()
             fake.wait(10)
-    print(f"\nload average at the end {os.getloadavg()[0]:.2f}\n")
+    print(f"\nload average at the end {os.getloadavg()[0]:.2f}; {stolen_since(ticks)}\n")
     print(
         table(
             ["round", "request", "conns", "req/s", "p50 ms", "gateway CPU µs/req", "errors"], rows

@@ -40,8 +40,10 @@ from bench._load import (
     Result,
     Script,
     connection_counts,
+    cpu_ticks,
     machine,
     pgbench,
+    stolen_since,
     table,
     wait_for_both_upstreams,
     wrk,
@@ -148,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("citus extension not installed: this benchmark needs a Citus cluster")
 
     print(machine(), flush=True)
-    started = time.monotonic()
+    started, ticks = time.monotonic(), cpu_ticks()
     cluster = CitusCluster.start(worker_count=args.citus_workers)
     services: list[ServiceProcess] = []
     try:
@@ -287,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         f"worker(s) each, pool of {args.pool_size}; Citus coordinator + "
         f"{args.citus_workers} workers; "
         f"{args.seconds} s per step; {time.monotonic() - started:.0f} s in all; "
-        f"load average at the end {os.getloadavg()[0]:.2f}"
+        f"load average at the end {os.getloadavg()[0]:.2f}; {stolen_since(ticks)}"
     )
     print("\n(a) through the gateway (wrk, closed loop); CPU µs per request\n")
     cpu_headers = ["gateway", "dialogs", *pg_names, "PG total", "load gen"]

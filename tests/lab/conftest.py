@@ -1,4 +1,5 @@
-"""Fixtures shared by the lab tier: the local images, built once per session and reused."""
+"""Fixtures shared by the lab tier: the local images and the project's wheelhouse, built
+once per session and reused."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from lab.topology import BASE_IMAGE, BUILD_SCRIPT, CITUS_IMAGE, image_exists
+from tests.lab.lab_support import build_wheelhouse
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,3 +40,9 @@ def citus_image(lab_images: LabImages) -> str:
     if lab_images.citus is None:
         pytest.skip("no dialogs-lab/citus:pg15: this machine has no Citus to put in the image")
     return lab_images.citus
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The services' wheelhouse for the lab hosts, as the roles build it (once)."""
+    return build_wheelhouse(tmp_path_factory.mktemp("wheelhouse"))

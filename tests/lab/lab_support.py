@@ -20,7 +20,7 @@ import httpx
 import yaml
 
 from lab.tls import CA_CERT
-from lab.topology import APP, COORDINATOR, LABEL
+from lab.topology import APP, COORDINATOR, LABEL, PATRONI_BIN, PATRONI_CONFIG
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN_LAB = REPO_ROOT / "bin" / "lab"
@@ -87,13 +87,18 @@ class Lab:
 
     port: int
     state_dir: Path
+    topology: str = "single"  # LAB_TOPOLOGY
     wheelhouse: Path | None = None
     up_seconds: float = 0.0
     up_output: str = ""
 
     @property
     def env(self) -> dict[str, str]:
-        env = {"LAB_HTTPS_PORT": str(self.port), "LAB_STATE_DIR": str(self.state_dir)}
+        env = {
+            "LAB_HTTPS_PORT": str(self.port),
+            "LAB_STATE_DIR": str(self.state_dir),
+            "LAB_TOPOLOGY": self.topology,
+        }
         if self.wheelhouse is not None:
             env["LAB_WHEELHOUSE_DIR"] = str(self.wheelhouse)
         return env
@@ -132,13 +137,60 @@ class Lab:
         assert not failed, f"{playbook} failed on {failed}:\n{output[-3000:]}"
         return result
 
-    def sql(self, statement: str) -> str:
-        """``statement`` run by psql on the coordinator (as postgres), unaligned output."""
+    def sql(self, statement: str, host: str = "") -> str:
+        """``statement`` run by psql (as postgres) on ``host``, by default the coordinator's
+        primary; unaligned output."""
         return docker_exec(
-            COORDINATOR,
+            host or self.coordinator(),
             "runuser", "-u", "postgres", "--",
             "psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", "dialogs", "-c", statement,
         )  # fmt: skip
+
+    def inventory_hosts(self, group: str) -> dict[str, dict]:
+        """The hosts of inventory ``group`` in the inventory bin/lab wrote, with their vars."""
+        inventory = yaml.safe_load((self.state_dir / "inventory.yml").read_text())
+        return inventory["all"]["children"].get(group, {}).get("hosts") or {}
+
+    def host_of_address(self, address: str) -> str:
+        """The container whose private address is ``address`` (surrounding blanks ignored)."""
+        address = address.strip()
+        for group in ("coordinator", "workers", "patroni"):
+            for name, settings in self.inventory_hosts(group).items():
+                if settings.get("lab_private_address") == address:
+                    return name
+        raise AssertionError(f"no lab host has the address {address}")
+
+    def coordinator(self) -> str:
+        """The container of the coordinator's primary server."""
+        if self.topology == "single":
+            return COORDINATOR
+        members = [
+            name for name, settings in self.inventory_hosts("patroni").items()
+            if settings["patroni_citus_group"] == 0
+        ]  # fmt: skip
+        for name in members:
+            answer = run(
+                ["docker", "exec", name, "runuser", "-u", "postgres", "--",
+                 "psql", "-XAtc", "SELECT pg_is_in_recovery()"],
+                timeout=30, check=False,
+            )  # fmt: skip
+            if answer.stdout.strip() == "f":
+                return name
+        raise AssertionError(f"no primary among the coordinator's servers {members}")
+
+    def patroni_members(self) -> list[dict]:
+        """patronictl list (JSON) from the first database host that answers: every Citus
+        group's members with Group, Member, Host, Role, State, TL, Lag in MB."""
+        for name in self.inventory_hosts("patroni"):
+            listed = run(
+                ["docker", "exec", name, f"{PATRONI_BIN}/patronictl", "-c", PATRONI_CONFIG,
+                 "list", "-f", "json"],
+                timeout=60, check=False,
+            )  # fmt: skip
+            if listed.returncode == 0:
+                members: list[dict] = yaml.safe_load(listed.stdout)
+                return members
+        raise AssertionError("no database host could run patronictl list")
 
     def shards_per_node(self, table: str = "dialog_messages") -> dict[str, int]:
         rows = self.sql(
@@ -158,8 +210,18 @@ class Lab:
         """The node holding the shard of ``dialog_id``."""
         return self.sql(
             "SELECT n.nodename FROM pg_dist_placement p JOIN pg_dist_node n USING (groupid) "
-            f"WHERE p.shardid = get_shard_id_for_distribution_column('dialogs', '{dialog_id}')"
+            f"WHERE p.shardid = get_shard_id_for_distribution_column('dialogs', '{dialog_id}') "
+            "AND n.noderole = 'primary'"
         ).strip()
+
+    def group_of(self, dialog_id: str) -> int:
+        """The Citus group holding the shard of ``dialog_id``."""
+        return int(
+            self.sql(
+                "SELECT groupid FROM pg_dist_placement WHERE shardid = "
+                f"get_shard_id_for_distribution_column('dialogs', '{dialog_id}')"
+            ).strip()
+        )
 
     def unit_start(self, unit: str) -> str:
         """When ``unit`` on the app host last started (changes on every restart)."""

@@ -22,6 +22,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -52,7 +53,6 @@ from tests.lab.lab_support import (
     Traffic,
     User,
     auth,
-    build_wheelhouse,
     docker_exec,
     make_pairs,
     probe_ports,
@@ -65,7 +65,9 @@ from tests.support.postgres import free_port
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory, citus_image: str) -> Iterator[Lab]:
+def lab(
+    tmp_path_factory: pytest.TempPathFactory, citus_image: str, wheelhouse: Path
+) -> Iterator[Lab]:
     """The lab brought up once for the module; its cluster image carries Citus."""
     if os.environ.get("LAB_TEST_REUSE") == "1":
         port = int(os.environ.get("LAB_HTTPS_PORT", str(DEFAULT_PUBLISHED_PORT)))
@@ -73,7 +75,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory, citus_image: str) -> Iterator[
         return
     state_dir = tmp_path_factory.mktemp("lab-state")
     lab = Lab(port=free_port(), state_dir=state_dir)
-    lab.wheelhouse = build_wheelhouse(state_dir / "pinned")
+    lab.wheelhouse = wheelhouse
     lab.bin_lab("down", check=False, timeout=300)
     started = time.monotonic()
     try:

@@ -14,15 +14,9 @@ import pytest
 import yaml
 
 from servicekit.config import Env
-from tests.lab.lab_support import REPO_ROOT, build_wheelhouse, run
+from tests.lab.lab_support import REPO_ROOT, run
 
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
-
-
-@pytest.fixture(scope="module")
-def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Built once for both scenarios: their idempotence runs then see the same code."""
-    return build_wheelhouse(tmp_path_factory.mktemp("wheelhouse"))
 
 
 @pytest.mark.parametrize("role", ["dialogs", "gateway", "edge"])
