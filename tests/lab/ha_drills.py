@@ -25,6 +25,7 @@ POSTMASTER_PID = "/var/lib/postgresql/15/patroni/postmaster.pid"
 
 
 def groups_of(lab: Lab) -> dict[int, list[dict]]:
+    """patronictl list by Citus group."""
     groups: dict[int, list[dict]] = {}
     for member in lab.patroni_members():
         groups.setdefault(int(member["Group"]), []).append(member)

@@ -42,6 +42,9 @@ def labels(image: str) -> dict[str, str]:
     return {k: v for k, v in found.items() if k.startswith("org.dialogs-lab.")}
 
 
+DOCKERFILE = Path(__file__).resolve().parents[2] / "lab" / "images" / "citus.Dockerfile"
+
+
 def host_labels() -> dict[str, str]:
     """The labels the image must carry on this host, computed here independently of build.sh."""
     files = [*PG_LIB.glob("citus*.so"), *PG_EXT.glob("citus*")]
@@ -66,6 +69,8 @@ def host_labels() -> dict[str, str]:
         "org.dialogs-lab.postgresql": package,
         "org.dialogs-lab.citus-files": hashlib.sha256(listing.encode()).hexdigest(),
         "org.dialogs-lab.citus-version": version.group(1),
+        # The image's recipe: a changed Dockerfile rebuilds it too.
+        "org.dialogs-lab.recipe": hashlib.sha256(DOCKERFILE.read_bytes()).hexdigest(),
     }
 
 
