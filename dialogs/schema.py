@@ -55,3 +55,12 @@ MIGRATION = Migration(
         """,
     ],
 )
+
+# What the service's statements (dialogs/sql.py) need, for a deployment that runs the
+# service as a role other than the schema's owner (the tests do): SELECT and INSERT, and
+# UPDATE of dialog_messages, whose client_message_id a retried send rewrites to itself
+# (sql.SEND says why; Citus refuses a grant on a column list).
+SERVICE_GRANTS = (
+    "GRANT SELECT, INSERT ON dialogs, dialog_messages TO {role}",
+    "GRANT UPDATE ON dialog_messages TO {role}",
+)

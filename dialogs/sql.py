@@ -9,12 +9,19 @@ with one value, so Citus routes it to exactly one shard (``EXPLAIN`` shows ``Tas
 # such as to_char in RETURNING, so send formats in Python.)
 _CREATED_AT = """to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')"""
 
-# Stores a message. Its dialog row must exist (foreign key): see CREATE_DIALOG.
+# Stores a message, or, for a retried send (same sender and client id), answers with the
+# message the first attempt stored. Its dialog row must exist (foreign key): see
+# CREATE_DIALOG. A retry's answer is a write on purpose (DO UPDATE, not DO NOTHING): its
+# commit waits for the synchronous standby, and with it every earlier commit of the shard.
+# A first attempt whose wait for the standby was cancelled (a statement timeout while the
+# standby was cut off) has committed on the primary alone and is visible there; a read would
+# acknowledge it, and a failover would then lose an acknowledged message.
 # $1 dialog_id, $2 message id, $3 sender, $4 text, $5 client id
 SEND = """
 INSERT INTO dialog_messages (dialog_id, id, user_id, content, client_message_id)
 VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT (dialog_id, user_id, client_message_id) DO NOTHING
+ON CONFLICT (dialog_id, user_id, client_message_id)
+DO UPDATE SET client_message_id = EXCLUDED.client_message_id
 RETURNING id, content, created_at
 """
 
@@ -26,14 +33,6 @@ CREATE_DIALOG = """
 INSERT INTO dialogs (id, user_id1, user_id2)
 VALUES ($1, $2, $3)
 ON CONFLICT (id) DO NOTHING
-"""
-
-# A retried send: the message stored by the first attempt.
-# $1 dialog_id, $2 sender, $3 client id
-FIND_BY_CLIENT_ID = """
-SELECT id, content, created_at
-FROM dialog_messages
-WHERE dialog_id = $1 AND user_id = $2 AND client_message_id = $3
 """
 
 # A page of a dialog, newest first: one row per message, each already as JSON text (the

@@ -63,14 +63,10 @@ class MessageStore:
                 async with conn.transaction():
                     await conn.execute(sql.CREATE_DIALOG, dialog_id, user_id1, user_id2)
                     row = await conn.fetchrow(sql.SEND, *args)
-            replayed = row is None
-            if row is None:
-                # Same client id seen before: answer with what the first attempt stored.
-                row = await conn.fetchrow(
-                    sql.FIND_BY_CLIENT_ID, dialog_id, sender, client_message_id
-                )
-        if row is None:  # pragma: no cover - the unique key guarantees a row
-            raise RuntimeError("idempotent send found no stored message")
+        if row is None:  # pragma: no cover - DO UPDATE ... RETURNING always returns the row
+            raise RuntimeError("SEND returned no row")
+        # A retry gets the first attempt's message, with its id.
+        replayed = str(row["id"]) != args[1]
         created_at = row["created_at"].astimezone(UTC).strftime(CREATED_AT_FORMAT)
         message = StoredMessage(row["id"], dialog_id, sender, recipient, row["content"], created_at)
         return message, replayed
@@ -80,11 +76,12 @@ class MessageStore:
         dialog_id = dialog_key_text(reader, peer)[0]
         # One row more than asked tells whether an older message exists.
         args = (dialog_id, reader, peer, limit + 1)
-        async with self._database.connection() as conn:
-            if before is None:
-                rows = await conn.fetch(sql.LIST_FIRST_PAGE, *args)
-            else:
-                rows = await conn.fetch(sql.LIST_NEXT_PAGE, *args, str(before))
+        if before is None:
+            rows = await self._database.read(lambda conn: conn.fetch(sql.LIST_FIRST_PAGE, *args))
+        else:
+            rows = await self._database.read(
+                lambda conn: conn.fetch(sql.LIST_NEXT_PAGE, *args, str(before))
+            )
         last_id = rows[limit - 1]["id"] if len(rows) > limit else None
         messages = ",".join(row["message"] for row in rows[:limit])
         return Page(f"[{messages}]", last_id)

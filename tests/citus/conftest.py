@@ -4,6 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from dialogs.schema import SERVICE_GRANTS
 from tests.support.citus import DATABASE, CitusCluster
 from tests.support.dialogs_client import DialogsClient
 from tests.support.processes import ServiceProcess, dialogs_process, migrate
@@ -18,7 +19,8 @@ def migrated_cluster(citus_cluster: CitusCluster) -> CitusCluster:
     # single-shard test reads them back). Citus propagates the role and grants to workers.
     citus_cluster.sql(f"CREATE ROLE {SERVICE_ROLE} LOGIN")
     citus_cluster.sql(f"ALTER ROLE {SERVICE_ROLE} SET log_statement = 'all'")
-    citus_cluster.sql(f"GRANT SELECT, INSERT ON dialogs, dialog_messages TO {SERVICE_ROLE}")
+    for grant in SERVICE_GRANTS:
+        citus_cluster.sql(grant.format(role=SERVICE_ROLE))
     return citus_cluster
 
 

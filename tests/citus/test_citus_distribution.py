@@ -105,7 +105,6 @@ def test_every_statement_the_service_runs_is_single_shard(
     service_statements = (
         sql.SEND,
         sql.CREATE_DIALOG,
-        sql.FIND_BY_CLIENT_ID,
         sql.LIST_FIRST_PAGE,
         sql.LIST_NEXT_PAGE,
     )

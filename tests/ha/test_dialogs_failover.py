@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from dialogs.schema import SERVICE_GRANTS
 from tests.support.dialogs_client import DialogsClient, new_user
 from tests.support.ha import HaCluster, wait_for
 from tests.support.ha_load import RETRY_FOR_S, Tally
@@ -36,9 +37,8 @@ def dialogs_service(ha_cluster: HaCluster) -> Iterator[ServiceProcess]:
     # trust anywhere), which Patroni maintains for the superuser only.
     password = secrets.token_urlsafe(18)
     ha_cluster.coordinator_sql(f"CREATE ROLE {SERVICE_ROLE} LOGIN PASSWORD '{password}'")
-    ha_cluster.coordinator_sql(
-        f"GRANT SELECT, INSERT ON dialogs, dialog_messages TO {SERVICE_ROLE}"
-    )
+    for grant in SERVICE_GRANTS:
+        ha_cluster.coordinator_sql(grant.format(role=SERVICE_ROLE))
     ha_cluster.coordinator_sql(
         "INSERT INTO pg_dist_authinfo (nodeid, rolename, authinfo) "
         f"VALUES (0, '{SERVICE_ROLE}', 'password={password}')"
