@@ -21,7 +21,10 @@ class Settings:
     pool_max_size: int = 10
     max_text_length: int = 4096
     max_body_bytes: int = 64 * 1024
-    statement_timeout_ms: int = 3000
+    # Above the pause of a planned switchover of a worker group (Patroni holds its writes on
+    # the coordinator until the new primary is registered: about 3 s on the lab), so that
+    # the waiting writes are served, not cut short.
+    statement_timeout_ms: int = 5000
     connect_timeout_s: float = 3.0
     retry_after_s: int = 2
     log_level: str = "INFO"
@@ -51,7 +54,7 @@ class Settings:
                 "DIALOGS_MAX_BODY_BYTES", 64 * 1024, minimum=1024, maximum=1024 * 1024
             ),
             statement_timeout_ms=env.integer(
-                "DIALOGS_STATEMENT_TIMEOUT_MS", 3000, minimum=100, maximum=600_000
+                "DIALOGS_STATEMENT_TIMEOUT_MS", 5000, minimum=100, maximum=600_000
             ),
             connect_timeout_s=env.number(
                 "DIALOGS_CONNECT_TIMEOUT_S", 3.0, minimum=0.1, maximum=60.0

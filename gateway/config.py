@@ -145,7 +145,7 @@ class Settings:
     db_connect_timeout_s: float = 3.0
     db_statement_timeout_ms: int = 3000
     upstream_connect_timeout_s: float = 1.0
-    upstream_timeout_s: float = 5.0
+    upstream_timeout_s: float = 7.0  # above dialogs' statement timeout (5 s) + 1 s
     upstream_pool_size: int = 100
     upstream_cooldown_s: float = 5.0
     upstream_probe_interval_s: float = 1.0
@@ -199,7 +199,7 @@ class Settings:
             ),
             upstream_connect_timeout_s=connect_timeout,
             upstream_timeout_s=env.number(
-                "GATEWAY_UPSTREAM_TIMEOUT_S", 5.0, minimum=0.1, maximum=300.0
+                "GATEWAY_UPSTREAM_TIMEOUT_S", 7.0, minimum=0.1, maximum=300.0
             ),
             upstream_pool_size=env.integer(
                 "GATEWAY_UPSTREAM_POOL_SIZE", 100, minimum=1, maximum=10_000

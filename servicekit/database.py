@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from sanic import HTTPResponse, Request, Sanic
@@ -34,6 +34,11 @@ UNAVAILABLE_CLASSES = ("08", "53", "57", "58")
 # it ends the wait when the server cannot even be told to stop (network silent, backend
 # stuck).
 STATEMENTS_TIMEOUT_MARGIN_S = 1.0
+
+# Between two tries of a read the database could not serve (see Database.read).
+READ_RETRY_PAUSE_S = 0.2
+
+T = TypeVar("T")
 
 
 class Database:
@@ -84,17 +89,40 @@ class Database:
             statements_timeout_s=statement_timeout_ms / 1000 + STATEMENTS_TIMEOUT_MARGIN_S,
         )
 
+    async def read(self, run: Callable[[asyncpg.pool.PoolConnectionProxy], Awaitable[T]]) -> T:
+        """``run``, which only reads, on a pooled connection; tried again after a short
+        pause while the database answers that it cannot serve right now, within one
+        statements deadline. A switchover of a worker group ends the reads in flight on its
+        old primary and refuses new ones until the coordinator has the new primary (about
+        3 s): those reads are served late, not failed. Writes are never tried again here: a
+        write cut short may have been done (the client retries with its Idempotency-Key)."""
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self._statements_timeout_s
+        while True:
+            try:
+                async with self.connection(until=give_up_at) as conn:
+                    return await run(conn)
+            except asyncpg.PostgresError as error:
+                if not cannot_serve_now(error) or loop.time() + READ_RETRY_PAUSE_S >= give_up_at:
+                    raise
+                log.info("read tried again: %s", error)
+            await asyncio.sleep(READ_RETRY_PAUSE_S)
+
     @asynccontextmanager
-    async def connection(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
+    async def connection(
+        self, until: float | None = None
+    ) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
         """A pooled connection, and one deadline for the request's use of it: first for a
-        free connection, then for the statements run on it. Past it: TimeoutError, so 503.
+        free connection, then for the statements run on it (or ``until``, a loop time, when
+        sooner). Past it: TimeoutError, so 503.
         (One timer per request: asyncpg's own acquire and command timeouts cost a task and
         a timer per call.) A statement cut short leaves its connection waiting for the
         server to acknowledge the cancel, and the answer with it: it is closed instead."""
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self._acquire_timeout_s) as deadline:
             conn = await self._pool.acquire()
-            deadline.reschedule(loop.time() + self._statements_timeout_s)
+            statements_end = loop.time() + self._statements_timeout_s
+            deadline.reschedule(statements_end if until is None else min(until, statements_end))
             try:
                 yield conn
             except asyncio.CancelledError:  # the deadline passed, or the request was dropped
@@ -119,6 +147,16 @@ def _server_died(error: asyncpg.PostgresError) -> bool:
     return getattr(error, "sqlstate", None) == "XX000" and "postmaster was shut down" in str(error)
 
 
+def cannot_serve_now(error: asyncpg.PostgresError) -> bool:
+    """Whether ``error`` means "the database cannot serve right now" (a 503, worth another
+    try), not "this request is wrong"."""
+    sqlstate = getattr(error, "sqlstate", "") or ""
+    # FATAL: the server is ending the session, whatever the code (a backend whose
+    # postmaster died says so with XX000): the next connection may well be served.
+    fatal = getattr(error, "severity", None) in ("FATAL", "PANIC")
+    return sqlstate.startswith(UNAVAILABLE_CLASSES) or fatal or _server_died(error)
+
+
 def install_error_handlers(app: Sanic, *, store: str, retry_after_s: int) -> None:
     """``store`` names what is down in the client's message, e.g. "the message store"."""
 
@@ -141,11 +179,7 @@ def install_error_handlers(app: Sanic, *, store: str, retry_after_s: int) -> Non
 
     @app.exception(asyncpg.PostgresError)
     async def on_database_error(request: Request, error: asyncpg.PostgresError) -> HTTPResponse:
-        sqlstate = getattr(error, "sqlstate", "") or ""
-        # FATAL: the server is ending the session, whatever the code (a backend whose
-        # postmaster died says so with XX000): the next connection may well be served.
-        fatal = getattr(error, "severity", None) in ("FATAL", "PANIC")
-        if sqlstate.startswith(UNAVAILABLE_CLASSES) or fatal or _server_died(error):
+        if cannot_serve_now(error):
             return http.error_response(request, unavailable(error))
-        log.error("database error %s", sqlstate, exc_info=error)
+        log.error("database error %s", getattr(error, "sqlstate", ""), exc_info=error)
         return http.error_response(request, ApiError(500, "internal error", "db_error"))
