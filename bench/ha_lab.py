@@ -1,11 +1,11 @@
 """Failover times and what synchronous replication costs a send, on the lab's HA topology.
 
-Runs against the lab that is up (`LAB_TOPOLOGY=ha bin/lab up` first; LAB_STATE_DIR and
+Runs against the lab that is up (`bin/lab up` first, the HA topology; LAB_STATE_DIR and
 LAB_HTTPS_PORT as for bin/lab), through the edge, and prints from one run:
 
 (a) for worker group 1's primary and the coordinator's primary, --runs times each: kill -9
     of its postmaster while clients send and list through the edge (the drill of
-    tests/lab/test_lab_ha.py, a careful client with up to 6 retries), the seconds until a
+    tests/lab/test_lab_drills.py, a careful client with up to 6 retries), the seconds until a
     dialog of that group takes a send again, and what the users lost; then min, median and
     max per drill;
 (b) sends through the edge (wrk over HTTPS, 16 connections, one user writing to 64 dialogs
@@ -39,11 +39,11 @@ def the_lab() -> Lab:
     state_dir = Path(os.environ.get("LAB_STATE_DIR") or REPO_ROOT / ".lab")
     port = int(os.environ.get("LAB_HTTPS_PORT") or DEFAULT_PUBLISHED_PORT)
     if not (state_dir / "inventory.yml").exists():
-        raise SystemExit(f"no lab is up ({state_dir}): run LAB_TOPOLOGY=ha bin/lab up first")
+        raise SystemExit(f"no lab is up ({state_dir}): run bin/lab up first")
     lab = Lab(port=port, state_dir=state_dir, topology="ha")
     if not lab.inventory_hosts("patroni"):
         raise SystemExit("the lab that is up is not the ha topology: bin/lab down, then"
-                         " LAB_TOPOLOGY=ha bin/lab up")  # fmt: skip
+                         " bin/lab up (LAB_TOPOLOGY=ha)")  # fmt: skip
     return lab
 
 

@@ -32,13 +32,14 @@ The lab: the whole system on local containers, deployed by the production playbo
                       print the public URL and a copy-paste example (re-run: converges)
   bin/lab status      containers, Citus nodes, shards per node, the instances' health and
                       the edge's view of each gateway instance
-  bin/lab scale N     add N workers and run playbooks/scale_out.yml (rebalances the shards)
+  bin/lab scale N     add N workers (ha topology: N worker groups of 2 hosts) and run
+                      playbooks/scale_out.yml (rebalances the shards)
   bin/lab down        remove the containers, networks and the lab's state (images are kept;
                       `bin/lab down --images` removes them too)
   bin/lab playbook P [ANSIBLE ARGS]   run playbooks/P against the lab, e.g.
                       bin/lab playbook services.yml -e dialogs_log_level=DEBUG
 
-Topology (lab/topology.py): lab-coordinator, lab-worker1..N (Citus), lab-app1 (2 dialogs and
+Topology (lab/topology.py): the Citus cluster (see LAB_TOPOLOGY), lab-app1 (2 dialogs and
 2 gateway instances), lab-edge1 and lab-edge2 (HAProxy, TLS; keepalived) on the docker network
 dialogs-lab (fixed addresses in LAB_SUBNET); the edge hosts are also on dialogs-lab-edge, the
 public side (LAB_EDGE_SUBNET; lab-app1 too, for its way out; nothing listens there), where
@@ -49,11 +50,11 @@ version is the one its image carries (label org.dialogs-lab.citus-version). Stat
 secrets, CA, inventory, wheelhouse, logs) lives in .lab/ (git-ignored).
 
 Environment:
-  LAB_TOPOLOGY          single (default): one PostgreSQL server per Citus node; ha: every
-                        Citus group a Patroni primary and synchronous standby (lab-pgG-1,
-                        lab-pgG-2 for group G, 0 the coordinator), 3 etcd members on
-                        lab-pg0-1, lab-pg1-1, lab-pg2-1. A lab keeps its topology until
-                        bin/lab down
+  LAB_TOPOLOGY          ha (default): every Citus group a Patroni primary and synchronous
+                        standby (lab-pgG-1, lab-pgG-2 for group G, 0 the coordinator),
+                        3 etcd members on lab-pg0-1, lab-pg1-1, lab-pg2-1; single: one
+                        PostgreSQL server per Citus node (lab-coordinator,
+                        lab-worker1..N). A lab keeps its topology until bin/lab down
   LAB_HTTPS_PORT        port on 127.0.0.1 for the edge's HTTPS (default 8443)
   LAB_SUBNET            subnet of dialogs-lab (default 10.213.0.0/24)
   LAB_EDGE_SUBNET       subnet of dialogs-lab-edge (default 10.214.0.0/24)
@@ -91,7 +92,7 @@ Try it (copy and paste):
       -H 'Content-Type: application/json' -d '{"text": "Hello, Bob!"}'; echo
   curl -si "$URL/dialog/$BOB/list?limit=20" -H "Authorization: Bearer $TOKEN"; echo
 
-More: bin/lab status | bin/lab scale 2 | bin/lab down
+More: bin/lab status | bin/lab scale 1 | bin/lab down
 """
 
 # Run inside the edge host: HAProxy's own view of each gateway instance (its runtime API).
@@ -247,9 +248,10 @@ class Lab:
     def ha(self) -> bool:
         return self.topology == "ha"
 
-    def database_hosts(self) -> dict[str, tuple[int, str]]:
-        """The Citus cluster's hosts: name -> (Citus group, private address)."""
-        subnet, workers = self.s.subnet, self.worker_count()
+    def database_hosts(self, workers: int = 0) -> dict[str, tuple[int, str]]:
+        """The Citus cluster's hosts with ``workers`` worker groups (default: the lab's
+        count): name -> (Citus group, private address)."""
+        subnet, workers = self.s.subnet, workers or self.worker_count()
         if self.ha:
             return {
                 t.ha_host(group, member): (group, t.ha_address(subnet, group, member))
@@ -660,12 +662,13 @@ class Lab:
             "SELECT nodeid, nodename, nodeport, noderole, isactive, shouldhaveshards"
             " FROM pg_dist_node ORDER BY nodeid",
         )
-        print("== shards per node", flush=True)
+        print("== shards per Citus group", flush=True)
         self.psql(
             coordinator,
-            "SELECT nodename, count(*) AS shards, count(DISTINCT table_name) AS tables,"
-            " pg_size_pretty(sum(shard_size)) AS size FROM citus_shards"
-            " GROUP BY nodename ORDER BY nodename",
+            "SELECT n.groupid AS group, s.nodename, count(*) AS shards,"
+            " count(DISTINCT s.table_name) AS tables, pg_size_pretty(sum(s.shard_size)) AS size"
+            " FROM citus_shards s JOIN pg_dist_node n USING (nodename, nodeport)"
+            " WHERE n.noderole = 'primary' GROUP BY 1, 2 ORDER BY 1",
         )
         if not container_running(t.APP):
             print("(the app host is not running)")
@@ -690,30 +693,30 @@ class Lab:
             die("usage: bin/lab scale N (N >= 1 workers to add)")
         if not (self.state / "inventory.yml").exists():
             die("the lab is not up: run bin/lab up first")
-        if self.ha:
-            die(
-                "bin/lab scale adds single-server workers (playbooks/scale_out.yml); adding",
-                "whole worker groups to the ha topology is not built yet",
-            )
         self.ensure_tools()
         self.choose_citus_source()
         before = self.worker_count()
         after = before + int(add)
-        if after > t.MAX_WORKERS:
-            die(f"at most {t.MAX_WORKERS} workers in the lab")
-        names = []
-        for number in range(before + 1, after + 1):
-            name = t.worker(number)
-            self.ensure_container(name, self.cluster_image, t.worker_address(self.s.subnet, number))
-            names.append(name)
-        self.wait_for_systemd(names)
+        limit = t.ha_max_workers(self.s.subnet) if self.ha else t.MAX_WORKERS
+        if after > limit:
+            die(f"at most {limit} workers in the lab's {self.topology} topology")
+        # The new hosts: single workers, or whole worker groups (a primary and a standby).
+        new = {
+            name: address
+            for name, (group, address) in self.database_hosts(after).items()
+            if group > before
+        }
+        for name, address in new.items():
+            self.ensure_container(name, self.cluster_image, address)
+        self.wait_for_systemd(list(new))
         (self.state / "workers").write_text(f"{after}\n")
+        self.ensure_tls()
         self.write_inventory()
         started = time.monotonic()
         self.run_playbook("playbooks/scale_out.yml")
         say(f"scaled from {before} to {after} workers in {time.monotonic() - started:.0f} s")
         self.psql(
-            t.COORDINATOR,
+            self.coordinator_primary(),
             "SELECT nodename, count(*) AS shards FROM citus_shards"
             " GROUP BY nodename ORDER BY nodename",
         )

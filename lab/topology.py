@@ -20,12 +20,13 @@ EDGE2 = "lab-edge2"  # the second edge host: keepalived moves the virtual addres
 EDGES = (EDGE, EDGE2)
 DEFAULT_WORKERS = 2
 MAX_WORKERS = 200
-# The two topologies (LAB_TOPOLOGY): "single", one PostgreSQL server per Citus node
-# (roles citus_node, citus_cluster); "ha", every Citus group (0 the coordinator, 1..N the
-# workers) a Patroni cluster of a primary and a synchronous standby on hosts of their own,
-# with 3 etcd members on the first host of groups 0, 1 and 2 (roles etcd, patroni).
-TOPOLOGIES = ("single", "ha")
-DEFAULT_TOPOLOGY = "single"
+# The two topologies (LAB_TOPOLOGY): "ha" (the default), every Citus group (0 the
+# coordinator, 1..N the workers) a Patroni cluster of a primary and a synchronous standby on
+# hosts of their own, with 3 etcd members on the first host of groups 0, 1 and 2 (roles
+# etcd, patroni); "single", one PostgreSQL server per Citus node (roles citus_node,
+# citus_cluster), the layout of clusters deployed before HA.
+TOPOLOGIES = ("ha", "single")
+DEFAULT_TOPOLOGY = "ha"
 HA_GROUP_HOSTS = 2  # a primary and a synchronous standby
 HA_ETCD_MEMBERS = 3
 PATRONI_BIN = "/opt/patroni/venv/bin"  # roles/patroni: patroni_install_dir/venv

@@ -1,4 +1,4 @@
-"""HA drills on the lab's HA topology, shared by tests/lab/test_lab_ha.py and
+"""HA drills on the lab's HA topology, shared by tests/lab/test_lab_drills.py and
 bench/ha_lab.py: Patroni's view of the groups, and a primary killed under the public API's
 load with what the users lost counted."""
 
@@ -18,6 +18,7 @@ from tests.lab.lab_support import (
     make_pairs,
     reconcile,
     register,
+    run,
     send,
 )
 
@@ -69,7 +70,7 @@ class Drill:
         )
 
 
-def _pair_on_group(lab: Lab, client: httpx.Client, group: int) -> tuple[User, User, str]:
+def pair_on_group(lab: Lab, client: httpx.Client, group: int) -> tuple[User, User, str]:
     """A dialog whose shard is on Citus group ``group`` (any dialog for group 0: every
     request goes through the coordinator), and the message that found it."""
     for _ in range(40):
@@ -85,7 +86,7 @@ def kill_primary_under_load(lab: Lab, client: httpx.Client, group: int, name: st
     """kill -9 of group ``group``'s primary postmaster while clients send and list through
     the edge; a probe sends to a dialog of that group until one is acknowledged."""
     wait_until_every_group_is_healthy(lab)
-    probe_a, probe_b, first = _pair_on_group(lab, client, group)
+    probe_a, probe_b, first = pair_on_group(lab, client, group)
     pairs = [*make_pairs(client, 6), (probe_a, probe_b)]
     primary = lab.host_of_address(
         lab.sql(
@@ -125,3 +126,31 @@ def kill_primary_under_load(lab: Lab, client: httpx.Client, group: int, name: st
     )  # fmt: skip
     print(drill.report())
     return drill
+
+
+def leader_of(lab: Lab, group: int) -> dict:
+    """Group ``group``'s leader as patronictl lists it (Member, Host, TL, ...)."""
+    members = wait_until_every_group_is_healthy(lab)[group]
+    return next(m for m in members if m["Role"] == "Leader")
+
+
+def _in_netns(container: str, *command: str) -> None:
+    """``command`` run in ``container``'s network namespace with this machine's tools (the
+    database hosts have no NET_ADMIN of their own)."""
+    pid = run(["docker", "inspect", "-f", "{{.State.Pid}}", container], timeout=30).stdout
+    run(["nsenter", "-t", pid.strip(), "-n", *command], timeout=30)
+
+
+def cut_off(container: str, peer: str, ports: str) -> None:
+    """Drops ``container``'s traffic to and from ``peer`` (an address) and on the TCP
+    ``ports`` (e.g. etcd's "2379:2380") either way; everything else still flows."""
+    for chain, direction in (("OUTPUT", "-d"), ("INPUT", "-s")):
+        _in_netns(container, "iptables", "-I", chain, direction, peer, "-j", "DROP")
+        for side in ("--dport", "--sport"):
+            _in_netns(container, "iptables", "-I", chain, "-p", "tcp", side, ports, "-j", "DROP")
+
+
+def heal(container: str) -> None:
+    """Removes what cut_off added (the lab's database hosts have no rules of their own)."""
+    for chain in ("OUTPUT", "INPUT"):
+        _in_netns(container, "iptables", "-F", chain)

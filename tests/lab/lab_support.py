@@ -87,7 +87,7 @@ class Lab:
 
     port: int
     state_dir: Path
-    topology: str = "single"  # LAB_TOPOLOGY
+    topology: str = "ha"  # LAB_TOPOLOGY
     wheelhouse: Path | None = None
     up_seconds: float = 0.0
     up_output: str = ""
@@ -192,27 +192,21 @@ class Lab:
                 return members
         raise AssertionError("no database host could run patronictl list")
 
-    def shards_per_node(self, table: str = "dialog_messages") -> dict[str, int]:
+    def shards_per_group(self, table: str = "dialog_messages") -> dict[int, int]:
+        """Citus group -> how many of ``table``'s shards it holds."""
         rows = self.sql(
-            f"SELECT nodename, count(*) FROM citus_shards WHERE table_name = '{table}'::regclass "
-            "GROUP BY nodename ORDER BY nodename"
+            "SELECT p.groupid, count(*) FROM pg_dist_shard s JOIN pg_dist_placement p"
+            f" USING (shardid) WHERE s.logicalrelid = '{table}'::regclass GROUP BY 1 ORDER BY 1"
         )
-        return {name: int(count) for name, count in (row.split("|") for row in rows.split())}
+        return {int(group): int(count) for group, count in (row.split("|") for row in rows.split())}
 
-    def active_workers(self) -> list[str]:
+    def worker_groups(self) -> list[int]:
+        """The worker groups pg_dist_node lists as active primaries that take shards."""
         rows = self.sql(
-            "SELECT nodename FROM pg_dist_node WHERE noderole = 'primary' AND isactive "
-            "AND shouldhaveshards AND groupid <> 0 ORDER BY nodename"
+            "SELECT groupid FROM pg_dist_node WHERE noderole = 'primary' AND isactive "
+            "AND shouldhaveshards AND groupid <> 0 ORDER BY 1"
         )
-        return rows.split()
-
-    def worker_of(self, dialog_id: str) -> str:
-        """The node holding the shard of ``dialog_id``."""
-        return self.sql(
-            "SELECT n.nodename FROM pg_dist_placement p JOIN pg_dist_node n USING (groupid) "
-            f"WHERE p.shardid = get_shard_id_for_distribution_column('dialogs', '{dialog_id}') "
-            "AND n.noderole = 'primary'"
-        ).strip()
+        return [int(group) for group in rows.split()]
 
     def group_of(self, dialog_id: str) -> int:
         """The Citus group holding the shard of ``dialog_id``."""

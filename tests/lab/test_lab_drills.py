@@ -1,6 +1,10 @@
-"""End-to-end drills on the lab: `bin/lab up` once for this module, the drills in order
-against it, `bin/lab down` at the end. Each drill asserts; the figures it prints go to
-docs/benchmarks.md.
+"""End-to-end drills on the lab: `bin/lab up` once for this module (the HA topology:
+every Citus group a Patroni primary and synchronous standby, 3 etcd members, the services
+and the edge in front), the drills in order against it, `bin/lab down` at the end. Each
+drill asserts; the figures it prints go to docs/benchmarks.md. The failure drills run
+through the edge with a careful client (an Idempotency-Key on every send, up to 6 retries
+over about 10 s) and count what users lose: requests acknowledged, missing afterwards,
+duplicated, failed after the retries, and the time until served again.
 
 Running this module replaces a lab that is already up (the containers have fixed names).
 With LAB_TEST_REUSE=1 it runs the drills against the lab that is up instead (HTTPS on
@@ -34,7 +38,6 @@ from lab.topology import (
     BASE_IMAGE,
     CITUS_IMAGE,
     CITUS_VERSION_LABEL,
-    COORDINATOR,
     DEFAULT_PUBLISHED_PORT,
     DIALOGS_PORTS,
     EDGE,
@@ -42,10 +45,22 @@ from lab.topology import (
     EDGE_NETWORK,
     EDGES,
     GATEWAY_PORTS,
+    HA_GROUP_HOSTS,
     HTTPS_PORT,
     LABEL,
     METRICS_PORT,
     PRIVATE_NETWORK,
+    ha_host,
+)
+from tests.lab.ha_drills import (
+    Drill,
+    cut_off,
+    groups_of,
+    heal,
+    kill_primary_under_load,
+    leader_of,
+    pair_on_group,
+    wait_until_every_group_is_healthy,
 )
 from tests.lab.lab_support import (
     REPO_ROOT,
@@ -96,6 +111,16 @@ def client(lab: Lab) -> Iterator[httpx.Client]:
 
 
 GATEWAY_UNITS = [f"gateway@{port}" for port in GATEWAY_PORTS]
+PATRONI_REST_PORT = 8008  # roles/patroni's default, the lab's
+ETCD_CLIENT_PORT = 2379  # roles/etcd's defaults, the lab's
+ETCD_PEER_PORT = 2380
+PATRONI_TTL_S = 20  # roles/patroni's patroni_ttl, the lab's
+# etcdctl on an etcd member, with the member's own client certificate (roles/etcd).
+ETCDCTL_TLS = (
+    "--cacert=/etc/etcd/tls/ca.crt --cert=/etc/etcd/tls/etcd.crt --key=/etc/etcd/tls/etcd.key"
+)
+# The issue's bound for a killed primary's group to take writes again.
+SERVED_AGAIN_WITHIN_S = 15.0
 
 
 def test_up_prints_the_url_and_an_example_that_works(lab: Lab) -> None:
@@ -132,20 +157,30 @@ def test_the_cluster_runs_the_citus_release_of_its_image(lab: Lab) -> None:
     )
 
 
-def test_second_site_run_changes_nothing(lab: Lab) -> None:
-    """Drill 6: the deployment is idempotent end to end, and check mode works on it."""
-    started = time.monotonic()
-    result = lab.playbook("site.yml")
-    print(f"\n[lab] second site.yml run: {time.monotonic() - started:.0f} s")
-    changed = {host: counts["changed"] for host, counts in result.items() if counts["changed"]}
-    assert changed == {}, f"a second site.yml run changed something: {changed}"
-    assert {"lab-coordinator", "lab-worker1", "lab-worker2", APP, *EDGES} <= set(result)
-    # Check mode on the converged lab: nothing would change, nothing fails.
-    checked = lab.playbook("site.yml", "--check")
-    would_change = {
-        host: counts["changed"] for host, counts in checked.items() if counts["changed"]
+def test_every_group_has_a_primary_and_a_synchronous_standby(lab: Lab) -> None:
+    groups = wait_until_every_group_is_healthy(lab)
+    assert sorted(groups) == [0, 1, 2]
+    for members in groups.values():
+        assert len(members) == HA_GROUP_HOSTS
+    # Patroni registered each group's leader as its primary in pg_dist_node.
+    registered = dict(
+        row.split("|")
+        for row in lab.sql(
+            "SELECT groupid, nodename FROM pg_dist_node WHERE noderole = 'primary' ORDER BY 1"
+        ).split()
+    )
+    leaders = {
+        str(group): next(m["Host"] for m in members if m["Role"] == "Leader")
+        for group, members in groups.items()
     }
-    assert would_change == {}, f"site.yml --check would change: {would_change}"
+    assert registered == leaders
+    # Synchronous replication is on and never weakened below "on".
+    settings = lab.sql(
+        "SELECT current_setting('synchronous_commit') || ' ' || "
+        "current_setting('synchronous_standby_names')"
+    )
+    commit, names = settings.split(" ", 1)
+    assert commit in ("on", "remote_apply") and names.strip(), settings
 
 
 def test_public_api_end_to_end(lab: Lab, client: httpx.Client) -> None:
@@ -193,7 +228,7 @@ def test_public_api_end_to_end(lab: Lab, client: httpx.Client) -> None:
     assert client.get(f"/dialog/{alice.user_id}/list", headers=auth(forged)).status_code == 401
 
 
-def test_seed_checks_explain_and_shards_per_node(lab: Lab, client: httpx.Client) -> None:
+def test_seed_checks_explain_and_shards_per_group(lab: Lab, client: httpx.Client) -> None:
     """Drill 2: without the distribution key a query fans out to every shard; with it, one."""
     alice, bob = register(client, "explain-a"), register(client, "explain-b")
     reply = send(client, alice, bob, "explain me")
@@ -220,29 +255,30 @@ def test_seed_checks_explain_and_shards_per_node(lab: Lab, client: httpx.Client)
     )
     assert "Task Count: 1" in insert
 
-    per_node = lab.shards_per_node()
-    print(f"\n[lab] dialog_messages shards per node: {per_node}")
-    assert set(per_node) == set(lab.active_workers()) == {"lab-worker1", "lab-worker2"}
-    assert sum(per_node.values()) == shard_count
-    assert all(count > 0 for count in per_node.values())
+    per_group = lab.shards_per_group()
+    print(f"\n[lab] dialog_messages shards per worker group: {per_group}")
+    assert set(per_group) == set(lab.worker_groups()) == {1, 2}
+    assert sum(per_group.values()) == shard_count
+    assert all(count > 0 for count in per_group.values())
 
 
 def test_only_the_edge_is_exposed(lab: Lab) -> None:
-    """Drill 7: only the edge's HTTPS is published; the gateways, dialogs, PostgreSQL and
-    the edge's metrics are out of reach from the public side, and PostgreSQL refuses a
-    wrong password and an unknown host."""
+    """Drill 7: only the edge's HTTPS is published; the gateways, dialogs, PostgreSQL,
+    Patroni's REST API, etcd and the edge's metrics are out of reach from the public side,
+    and PostgreSQL refuses a wrong password and an unknown host."""
+    coordinator_host, worker_host = lab.coordinator(), ha_host(1, 1)  # an etcd member too
     # Published ports: only the edge's HTTPS, only on loopback.
     published = run(["docker", "port", EDGE], timeout=30).stdout.split()
     assert published == [f"{HTTPS_PORT}/tcp", "->", f"127.0.0.1:{lab.port}"]
-    for node in (COORDINATOR, "lab-worker1", APP, EDGE2):
+    for node in (coordinator_host, worker_host, APP, EDGE2):
         assert run(["docker", "port", node], timeout=30).stdout.strip() == ""
 
     edge_public = lab.container_address(EDGE, EDGE_NETWORK)
     edge_private = lab.container_address(EDGE, PRIVATE_NETWORK)
     app_edge = lab.container_address(APP, EDGE_NETWORK)
     app_private = lab.container_address(APP, PRIVATE_NETWORK)
-    coordinator = lab.container_address(COORDINATOR, PRIVATE_NETWORK)
-    worker = lab.container_address("lab-worker1", PRIVATE_NETWORK)
+    coordinator = lab.container_address(coordinator_host, PRIVATE_NETWORK)
+    worker = lab.container_address(worker_host, PRIVATE_NETWORK)
     service_ports = [*GATEWAY_PORTS, *DIALOGS_PORTS]
     # A client on the public side: the edge's HTTPS answers, nothing else does.
     seen = probe_ports(
@@ -257,6 +293,8 @@ def test_only_the_edge_is_exposed(lab: Lab) -> None:
             (edge_private, METRICS_PORT),
             (coordinator, 5432),
             (worker, 5432),
+            (coordinator, PATRONI_REST_PORT),
+            (worker, ETCD_CLIENT_PORT),
         ],
         CITUS_IMAGE,
     )
@@ -270,6 +308,8 @@ def test_only_the_edge_is_exposed(lab: Lab) -> None:
     assert seen[f"{edge_private}:{METRICS_PORT}"] == "unreachable"
     assert seen[f"{coordinator}:5432"] == "unreachable"
     assert seen[f"{worker}:5432"] == "unreachable"
+    assert seen[f"{coordinator}:{PATRONI_REST_PORT}"] == "unreachable"
+    assert seen[f"{worker}:{ETCD_CLIENT_PORT}"] == "unreachable"
     # On the private network, the edge's metrics answer (for Prometheus).
     metrics = docker_exec(
         APP, "python3", "-c",
@@ -281,7 +321,7 @@ def test_only_the_edge_is_exposed(lab: Lab) -> None:
     # its public side, a worker reaches nothing outside (checked when the mirror answers).
     mirror = ("deb.debian.org", 80)
     if _connect_from(APP, *mirror) == "open":
-        assert _connect_from("lab-worker1", *mirror) == "unreachable"
+        assert _connect_from(worker_host, *mirror) == "unreachable"
 
     # From the app host, which pg_hba admits: a wrong password is refused.
     wrong_password = docker_exec(
@@ -376,27 +416,30 @@ def test_stopping_a_dialogs_instance_under_load_is_invisible(
     assert (tally.missing, tally.duplicated, tally.unexpected) == (0, 0, 0)
 
 
-def test_a_stopped_worker_affects_only_its_dialogs(lab: Lab, client: httpx.Client) -> None:
-    """Drill 4b: with a worker down, dialogs on the other workers are served and the
-    affected ones answer 503 with Retry-After; when it is back, everything is served
-    without touching the services."""
-    placement: dict[int, str] = {}
+def test_a_stopped_worker_group_affects_only_its_dialogs(lab: Lab, client: httpx.Client) -> None:
+    """Drill 4b: with both servers of a worker group down (more than HA covers), dialogs on
+    the other groups are served and the affected ones answer 503 with Retry-After; when the
+    servers are back, Patroni elects a leader and everything is served without touching
+    the services."""
+    wait_until_every_group_is_healthy(lab)
+    placement: dict[int, int] = {}
     pairs = make_pairs(client, 8)
     for index, (a, b) in enumerate(pairs):
         reply = send(client, a, b, "before the outage")
         assert reply.status_code == 200
-        placement[index] = lab.worker_of(reply.json()["dialog_id"])
+        placement[index] = lab.group_of(reply.json()["dialog_id"])
     while len(set(placement.values())) < 2 and len(pairs) < 40:
         a, b = register(client, "extra-a"), register(client, "extra-b")
         reply = send(client, a, b, "before the outage")
-        placement[len(pairs)] = lab.worker_of(reply.json()["dialog_id"])
+        placement[len(pairs)] = lab.group_of(reply.json()["dialog_id"])
         pairs.append((a, b))
-    assert len(set(placement.values())) == 2, f"all dialogs on one worker: {placement}"
+    assert len(set(placement.values())) == 2, f"all dialogs in one group: {placement}"
     victim = placement[0]
+    servers = [ha_host(victim, member) for member in range(1, HA_GROUP_HOSTS + 1)]
     units = [f"dialogs@{port}" for port in DIALOGS_PORTS] + GATEWAY_UNITS
     starts = {unit: lab.unit_start(unit) for unit in units}
 
-    run(["docker", "stop", victim], timeout=120)
+    run(["docker", "stop", *servers], timeout=180)
     try:
         answers: dict[int, httpx.Response] = {}
         for index, (a, b) in enumerate(pairs):
@@ -405,11 +448,11 @@ def test_a_stopped_worker_affects_only_its_dialogs(lab: Lab, client: httpx.Clien
             index: send(client, a, b, "during the outage") for index, (a, b) in enumerate(pairs)
         }
     finally:
-        run(["docker", "start", victim], timeout=120)
+        run(["docker", "start", *servers], timeout=180)
         # Recovery is waited for first, so the drills after this one find a whole cluster.
         served: set[int] = set()
         back = time.monotonic()
-        for _ in range(120):
+        for _ in range(180):
             for index, (a, b) in enumerate(pairs):
                 if index not in served:
                     reply = client.get(f"/dialog/{b.user_id}/list", headers=auth(a))
@@ -420,10 +463,10 @@ def test_a_stopped_worker_affects_only_its_dialogs(lab: Lab, client: httpx.Clien
             time.sleep(1)
         recovery_s = time.monotonic() - back
 
-    affected = sum(1 for node in placement.values() if node == victim)
+    affected = sum(1 for group in placement.values() if group == victim)
     print(
-        f"\n[lab] worker outage: {affected} of {len(pairs)} dialogs on {victim}; all served "
-        f"again {recovery_s:.0f} s after docker start"
+        f"\n[lab] worker group {victim} down ({', '.join(servers)}): {affected} of {len(pairs)}"
+        f" dialogs in it; all served again {recovery_s:.0f} s after docker start"
     )
     for index in range(len(pairs)):
         for reply in (answers[index], sends[index]):
@@ -435,33 +478,172 @@ def test_a_stopped_worker_affects_only_its_dialogs(lab: Lab, client: httpx.Clien
                 assert reply.status_code == 200, (index, reply.status_code, reply.text)
     assert served == set(range(len(pairs)))
     assert {unit: lab.unit_start(unit) for unit in units} == starts  # no service restarted
+    wait_until_every_group_is_healthy(lab)
 
 
-def test_redeploy_with_a_changed_setting_under_load(lab: Lab, client: httpx.Client) -> None:
-    """Drill 5: a rolling restart of the dialogs instances drops no request."""
-    starts = {port: lab.unit_start(f"dialogs@{port}") for port in DIALOGS_PORTS}
-    gateway_starts = [lab.unit_start(unit) for unit in GATEWAY_UNITS]
+def _assert_nothing_lost(drill: Drill) -> None:
+    assert drill.tally.acknowledged > 0
+    assert drill.tally.missing == 0, drill.report()
+    assert drill.tally.duplicated == 0, drill.report()
+    assert drill.tally.unexpected == 0, drill.report()
+    assert drill.failed == [], drill.failed[:5]
+    assert drill.served_again_s <= SERVED_AGAIN_WITHIN_S, drill.report()
+
+
+def test_a_killed_worker_primary_loses_nothing(lab: Lab, client: httpx.Client) -> None:
+    """Drill 1: kill -9 a worker group's primary under load, twice: the second time the
+    primary is the former standby, and the first victim must have rejoined as its sync
+    standby (rewound when its WAL went past the fork)."""
+    for attempt in (1, 2):
+        name = f"worker group 1's primary killed ({attempt} of 2)"
+        _assert_nothing_lost(kill_primary_under_load(lab, client, 1, name))
+
+
+def test_a_killed_coordinator_primary_loses_nothing(lab: Lab, client: httpx.Client) -> None:
+    """Drill 2: kill -9 the coordinator's primary under load."""
+    _assert_nothing_lost(
+        kill_primary_under_load(lab, client, 0, "the coordinator's primary killed")
+    )
+
+
+def test_a_lost_etcd_member_changes_nothing(lab: Lab, client: httpx.Client) -> None:
+    """Drill 4, its first half: one of the 3 etcd members stops for longer than Patroni's
+    leader ttl while clients send and list without retries: no request fails, nothing is
+    lost, every group keeps its leader; started again, the member rejoins."""
+    leaders = {group: _leader(lab, group) for group in wait_until_every_group_is_healthy(lab)}
+    member = next(iter(lab.inventory_hosts("etcd")))
+    endpoint = f"https://{lab.inventory_hosts('patroni')[member]['lab_private_address']}:2379"
     traffic = Traffic(lab.url, make_pairs(client, 6), verify=str(lab.ca_file)).start()
     try:
-        traffic.wait_requests(100)
+        traffic.wait_requests(60)
+        docker_exec(member, "systemctl", "stop", "etcd")
+        stopped_at = traffic.requests
+        time.sleep(PATRONI_TTL_S + 5)  # a leader that could not refresh its key would lose it
+        during = {group: _leader(lab, group) for group in leaders}
+        traffic.wait_requests(stopped_at + 60)
+    finally:
+        docker_exec(member, "systemctl", "start", "etcd")
+        traffic.stop()
+    tally = reconcile(client, traffic)
+    health = docker_exec(
+        member, "sh", "-c",
+        f"ETCDCTL_API=3 etcdctl --endpoints={endpoint} {ETCDCTL_TLS}"
+        " endpoint health --cluster 2>&1",
+        check=False, timeout=60,
+    )  # fmt: skip
+    print(
+        f"\n[lab] etcd on {member} stopped for {PATRONI_TTL_S + 5} s: {traffic.requests}"
+        f" requests ({traffic.requests - stopped_at} after the stop), {len(traffic.failures)}"
+        f" failed; {tally.acknowledged} acknowledged, {tally.missing} missing,"
+        f" {tally.duplicated} duplicated; leaders {leaders} -> {during}"
+    )
+    assert during == leaders
+    assert not traffic.failures, traffic.failures[:5]
+    assert tally.acknowledged > 0
+    assert (tally.missing, tally.duplicated, tally.unexpected) == (0, 0, 0)
+    assert health.count("is healthy") == 3, health
+
+
+def test_a_primary_cut_off_from_etcd_and_its_standby_is_no_split_brain(
+    lab: Lab, client: httpx.Client
+) -> None:
+    """Drill 4, its second half: worker group 1's primary loses etcd and its standby (the
+    coordinator still reaches it) while clients send and list with retries. It stops
+    accepting writes before its standby is promoted; no acknowledged send exists only on it
+    (every one is found afterwards, once); the group takes writes again, and when the
+    network heals the old primary rejoins as the new one's sync standby."""
+    old = leader_of(lab, 1)
+    standby = next(m for m in groups_of(lab)[1] if m["Member"] != old["Member"])
+    victim = lab.host_of_address(old["Host"])
+    probe_a, probe_b, first = pair_on_group(lab, client, 1)
+    pairs = [*make_pairs(client, 6), (probe_a, probe_b)]
+    traffic = Traffic(lab.url, pairs, verify=str(lab.ca_file), retries=6, max_seconds=300)
+    traffic.start()
+    read_only_s = promoted_s = served_again_s = float("inf")
+    probes = [first]
+    try:
+        traffic.wait_requests(60)
+        cut_at = time.monotonic()
+        cut_off(victim, standby["Host"], f"{ETCD_CLIENT_PORT}:{ETCD_PEER_PORT}")
+        while time.monotonic() - cut_at < 90 and served_again_s == float("inf"):
+            now = time.monotonic() - cut_at
+            if read_only_s == float("inf"):
+                answer = run(
+                    ["docker", "exec", victim, "runuser", "-u", "postgres", "--",
+                     "psql", "-XAtc", "SELECT pg_is_in_recovery()"],
+                    timeout=30, check=False,
+                )  # fmt: skip
+                if answer.stdout.strip() != "f":  # read-only, or not running
+                    read_only_s = now
+            if promoted_s == float("inf"):
+                leaders = [m for m in groups_of(lab)[1] if m["Role"] == "Leader"]
+                if leaders and leaders[0]["Member"] == standby["Member"]:
+                    promoted_s = now
+            if promoted_s < float("inf"):
+                reply = send(client, probe_a, probe_b, "probe after the cut")
+                if reply.status_code == 200:
+                    served_again_s = time.monotonic() - cut_at
+                    probes.append(reply.json()["id"])
+            time.sleep(0.5)
+        traffic.wait_requests(60)
+    finally:
+        heal(victim)
+        traffic.stop()
+    wait_until_every_group_is_healthy(lab, timeout=180)
+    traffic.acked[len(pairs) - 1].extend(probes)
+    tally = reconcile(client, traffic)
+    print(
+        f"\n[lab] {victim} (worker group 1's primary) cut off from etcd and {standby['Member']}:"
+        f" read-only after {read_only_s:.1f} s, {standby['Member']} promoted after"
+        f" {promoted_s:.1f} s, writes served again after {served_again_s:.1f} s;"
+        f" {traffic.requests} requests, {len(traffic.failures)} failed after the retries"
+        f" ({traffic.retried} retried); {tally.acknowledged} acknowledged, {tally.missing}"
+        f" missing, {tally.duplicated} duplicated"
+    )
+    assert read_only_s < promoted_s < float("inf"), "the old primary wrote while cut off"
+    assert served_again_s < float("inf")
+    assert tally.acknowledged > 0
+    assert (tally.missing, tally.duplicated, tally.unexpected) == (0, 0, 0)
+    assert leader_of(lab, 1)["Member"] == standby["Member"]
+
+
+def test_a_planned_switchover_under_load_fails_nothing(lab: Lab, client: httpx.Client) -> None:
+    """Drill 3: playbooks/switchover.yml moves worker group 1's primary to its sync standby
+    while clients send and list without retries: no request fails, nothing is lost; a second
+    run naming the new leader changes nothing."""
+    wait_until_every_group_is_healthy(lab)
+    old_leader = _leader(lab, 1)
+    traffic = Traffic(lab.url, make_pairs(client, 8), verify=str(lab.ca_file)).start()
+    try:
+        traffic.wait_requests(60)
         started = time.monotonic()
-        result = lab.playbook("services.yml", "-e", "dialogs_pool_max_size=8")
+        first = lab.playbook("switchover.yml", "-e", "switchover_group=1")
         took = time.monotonic() - started
-        traffic.wait_requests(200)
+        traffic.wait_requests(60)
     finally:
         traffic.stop()
-    print(
-        f"\n[lab] redeploy under load: services.yml {took:.0f} s, "
-        f"{traffic.requests} requests, {len(traffic.failures)} failed"
-    )
-    assert result[APP]["changed"] > 0
-    assert all(lab.unit_start(f"dialogs@{port}") != starts[port] for port in DIALOGS_PORTS)
-    assert [lab.unit_start(unit) for unit in GATEWAY_UNITS] == gateway_starts
-    setting = docker_exec(APP, "grep", "^DIALOGS_POOL_MAX_SIZE=", "/etc/dialogs/dialogs.env")
-    assert setting.strip() == 'DIALOGS_POOL_MAX_SIZE="8"'
-    assert not traffic.failures, traffic.failures[:5]
+    new_leader = _leader(lab, 1)
     tally = reconcile(client, traffic)
+    slowest = max(traffic.latencies)
+    print(
+        f"\n[lab] switchover of worker group 1 ({old_leader} -> {new_leader}): {took:.0f} s;"
+        f" {traffic.requests} requests, {len(traffic.failures)} failed, the slowest"
+        f" {slowest:.2f} s, p99 {traffic.p99_ms():.0f} ms; {tally.acknowledged} acknowledged,"
+        f" {tally.missing} missing, {tally.duplicated} duplicated"
+    )
+    assert new_leader != old_leader
+    assert sum(counts["changed"] for counts in first.values()) == 1  # the one POST
+    assert not traffic.failures, traffic.failures[:5]
+    assert tally.acknowledged > 0
     assert (tally.missing, tally.duplicated, tally.unexpected) == (0, 0, 0)
+    again = lab.playbook(
+        "switchover.yml", "-e", "switchover_group=1", "-e", f"switchover_candidate={new_leader}"
+    )
+    assert {host: c["changed"] for host, c in again.items() if c["changed"]} == {}
+
+
+def _leader(lab: Lab, group: int) -> str:
+    return str(leader_of(lab, group)["Member"])
 
 
 # --- the edge ------------------------------------------------------------------------------
@@ -597,34 +779,6 @@ def test_a_killed_gateway_instance_costs_nothing_through_the_edge(
     )
     assert back_s is not None, "the killed instance did not come back into the edge"
     assert not traffic.failures, traffic.failures[:5]
-    assert (tally.missing, tally.duplicated, tally.unexpected) == (0, 0, 0)
-
-
-def test_a_rolling_restart_of_the_gateways_drains_through_the_edge(
-    lab: Lab, client: httpx.Client
-) -> None:
-    """Edge drill 2b: a changed gateway setting restarts both gateway instances one at a
-    time under load; through the edge, no request fails (no client retry)."""
-    starts = [lab.unit_start(unit) for unit in GATEWAY_UNITS]
-    traffic = Traffic(lab.url, make_pairs(client, 6), verify=str(lab.ca_file)).start()
-    try:
-        traffic.wait_requests(100)
-        started = time.monotonic()
-        lab.playbook("services.yml", "--tags", "gateway", "-e", "gateway_upstream_timeout_s=6")
-        took = time.monotonic() - started
-        traffic.wait_requests(100)
-    finally:
-        traffic.stop()
-    print(
-        f"\n[lab] gateways' rolling restart through the edge: services.yml {took:.0f} s, "
-        f"{traffic.requests} requests, {len(traffic.failures)} failed"
-    )
-    restarted = [
-        lab.unit_start(unit) != start for unit, start in zip(GATEWAY_UNITS, starts, strict=True)
-    ]
-    assert all(restarted), dict(zip(GATEWAY_UNITS, restarted, strict=True))
-    assert not traffic.failures, traffic.failures[:5]
-    tally = reconcile(client, traffic)
     assert (tally.missing, tally.duplicated, tally.unexpected) == (0, 0, 0)
 
 
@@ -791,46 +945,130 @@ def test_the_virtual_address_moves_when_an_edge_fails(lab: Lab, client: httpx.Cl
     assert (tally.missing, tally.duplicated, tally.unexpected) == (0, 0, 0)
 
 
-def test_scale_out_from_two_to_four_workers_under_load(lab: Lab, client: httpx.Client) -> None:
-    """Drill 3: `bin/lab scale 2` while a client keeps sending and listing: every
-    acknowledged message is there exactly once, no request failed, shards on 4 workers."""
-    before = lab.shards_per_node()
+def test_scale_out_by_one_worker_group_under_load(lab: Lab, client: httpx.Client) -> None:
+    """Drill 5, its first half: `bin/lab scale 1` adds worker group 3 (a primary and a sync
+    standby; Patroni registers it) and rebalances while clients send and list, without
+    retries: nothing lost, no request failed, the shards spread over 3 worker groups."""
+    before = lab.shards_per_group()
     traffic = Traffic(lab.url, make_pairs(client, 8), verify=str(lab.ca_file)).start()
     try:
         traffic.wait_requests(100)
         started = time.monotonic()
-        output = lab.bin_lab("scale", "2", timeout=1800)
+        output = lab.bin_lab("scale", "1", timeout=1800)
         took = time.monotonic() - started
         traffic.wait_requests(100)
     finally:
         traffic.stop()
-    after = lab.shards_per_node()
+    after = lab.shards_per_group()
     tally = reconcile(client, traffic)
     print(
-        f"\n[lab] scale 2 -> 4 workers: {took:.0f} s; shards {before} -> {after}; "
-        f"{traffic.requests} requests, {len(traffic.failures)} failed; "
-        f"{tally.acknowledged} acknowledged messages, {tally.missing} missing, "
-        f"{tally.duplicated} duplicated"
+        f"\n[lab] scale 1: worker groups 2 -> 3 in {took:.0f} s; shards per group {before}"
+        f" -> {after}; {traffic.requests} requests, {len(traffic.failures)} failed;"
+        f" {tally.acknowledged} acknowledged, {tally.missing} missing,"
+        f" {tally.duplicated} duplicated"
     )
-    assert "scaled from 2 to 4 workers" in output
+    assert "scaled from 2 to 3 workers" in output
     assert not traffic.failures, traffic.failures[:5]
     assert tally.acknowledged > 0
     assert (tally.missing, tally.duplicated, tally.unexpected) == (0, 0, 0)
-    assert set(after) == {f"lab-worker{i}" for i in range(1, 5)}
+    assert sorted(wait_until_every_group_is_healthy(lab)) == [0, 1, 2, 3]
+    assert set(after) == {1, 2, 3}
     assert sum(after.values()) == sum(before.values())
     assert max(after.values()) - min(after.values()) <= 2  # spread evenly
-    assert set(lab.active_workers()) == set(after)
+    assert lab.worker_groups() == [1, 2, 3]
 
 
-def test_status_shows_nodes_shards_and_instances(lab: Lab) -> None:
+def test_second_site_run_changes_nothing_and_check_mode_works(lab: Lab) -> None:
+    """Drill 6: after the drills, a second site.yml changes nothing; check mode works."""
+    for args in ((), ("--check",)):
+        started = time.monotonic()
+        result = lab.playbook("site.yml", *args, timeout=1500)
+        took = time.monotonic() - started
+        print(f"\n[lab] site.yml {' '.join(args)} after the drills: {took:.0f} s")
+        changed = {host: counts["changed"] for host, counts in result.items() if counts["changed"]}
+        assert changed == {}, (args, changed)
+        assert {*lab.inventory_hosts("patroni"), APP, *EDGES} <= set(result)
+
+
+# --- redeploys with a changed setting (after the idempotence check: they leave the lab
+# with settings of their own) -------------------------------------------------------------
+
+
+def test_redeploy_with_a_changed_setting_under_load(lab: Lab, client: httpx.Client) -> None:
+    """Drill 5: a rolling restart of the dialogs instances drops no request."""
+    starts = {port: lab.unit_start(f"dialogs@{port}") for port in DIALOGS_PORTS}
+    gateway_starts = [lab.unit_start(unit) for unit in GATEWAY_UNITS]
+    traffic = Traffic(lab.url, make_pairs(client, 6), verify=str(lab.ca_file)).start()
+    try:
+        traffic.wait_requests(100)
+        started = time.monotonic()
+        result = lab.playbook("services.yml", "-e", "dialogs_pool_max_size=8")
+        took = time.monotonic() - started
+        traffic.wait_requests(200)
+    finally:
+        traffic.stop()
+    print(
+        f"\n[lab] redeploy under load: services.yml {took:.0f} s, "
+        f"{traffic.requests} requests, {len(traffic.failures)} failed"
+    )
+    assert result[APP]["changed"] > 0
+    assert all(lab.unit_start(f"dialogs@{port}") != starts[port] for port in DIALOGS_PORTS)
+    assert [lab.unit_start(unit) for unit in GATEWAY_UNITS] == gateway_starts
+    setting = docker_exec(APP, "grep", "^DIALOGS_POOL_MAX_SIZE=", "/etc/dialogs/dialogs.env")
+    assert setting.strip() == 'DIALOGS_POOL_MAX_SIZE="8"'
+    assert not traffic.failures, traffic.failures[:5]
+    tally = reconcile(client, traffic)
+    assert (tally.missing, tally.duplicated, tally.unexpected) == (0, 0, 0)
+
+
+def test_a_rolling_restart_of_the_gateways_drains_through_the_edge(
+    lab: Lab, client: httpx.Client
+) -> None:
+    """Edge drill 2b: a changed gateway setting restarts both gateway instances one at a
+    time under load; through the edge, no request fails (no client retry)."""
+    starts = [lab.unit_start(unit) for unit in GATEWAY_UNITS]
+    traffic = Traffic(lab.url, make_pairs(client, 6), verify=str(lab.ca_file)).start()
+    try:
+        traffic.wait_requests(100)
+        started = time.monotonic()
+        lab.playbook("services.yml", "--tags", "gateway", "-e", "gateway_upstream_timeout_s=8")
+        took = time.monotonic() - started
+        traffic.wait_requests(100)
+    finally:
+        traffic.stop()
+    print(
+        f"\n[lab] gateways' rolling restart through the edge: services.yml {took:.0f} s, "
+        f"{traffic.requests} requests, {len(traffic.failures)} failed"
+    )
+    restarted = [
+        lab.unit_start(unit) != start for unit, start in zip(GATEWAY_UNITS, starts, strict=True)
+    ]
+    assert all(restarted), dict(zip(GATEWAY_UNITS, restarted, strict=True))
+    assert not traffic.failures, traffic.failures[:5]
+    tally = reconcile(client, traffic)
+    assert (tally.missing, tally.duplicated, tally.unexpected) == (0, 0, 0)
+
+
+def test_status_shows_groups_shards_and_instances(lab: Lab) -> None:
+    """bin/lab status after the scale-out: each group's leader, sync standby, timeline and
+    lag (patronictl list), the shards per group, the instances and the edge's view."""
     output = lab.bin_lab("status", timeout=120)
-    for name in ("lab-coordinator", "lab-worker4", APP, *EDGES):
+    for name in (*lab.inventory_hosts("patroni"), APP, *EDGES):
         assert name in output
+    listing = output.split("== Citus groups", 1)[1].split("== Citus nodes", 1)[0]
+    for heading in ("Group", "Member", "Role", "State", "TL", "Lag"):
+        assert heading in listing, listing
+    assert listing.count("Leader") == 4 and listing.count("Sync Standby") == 4, listing
+    assert "the coordinator's primary" in output
     assert re.search(
         rf"the virtual address {lab.virtual_address}: held by lab-edge\d$", output, re.M
     )
-    shards = output.split("== shards per node", 1)[1].split("==", 1)[0]
-    assert len(re.findall(r"lab-worker\d", shards)) == 4
+    shards = output.split("== shards per Citus group", 1)[1].split("==", 1)[0]
+    assert [int(row.split("|")[0]) for row in re.findall(r"^\s*\d+\s*\|.*$", shards, re.M)] == [
+        1,
+        2,
+        3,
+    ], shards
     for unit in [f"dialogs@{port}" for port in DIALOGS_PORTS] + GATEWAY_UNITS:
         assert re.search(rf"{re.escape(unit)}.service\s+loaded\s+active\s+running", output)
     # The edge's view: every gateway instance up, its health check passing.

@@ -59,7 +59,7 @@ def test_a_lab_keeps_its_topology_until_it_is_taken_down(tmp_path: Path) -> None
     assert _lab(tmp_path, "").topology == "ha"
     with pytest.raises(LabError, match="runs the ha topology, LAB_TOPOLOGY asks for single"):
         _ = _lab(tmp_path, "single").topology
-    with pytest.raises(LabError, match="LAB_TOPOLOGY=triple: use one of single, ha"):
+    with pytest.raises(LabError, match="LAB_TOPOLOGY=triple: use one of ha, single"):
         _ = _lab(tmp_path / "other", "triple").topology
 
 
