@@ -62,7 +62,7 @@ class Drill:
 
     def report(self) -> str:
         return (
-            f"\n[lab ha] {self.name}: {self.requests} requests, {self.tally.acknowledged}"
+            f"\n[lab] {self.name}: {self.requests} requests, {self.tally.acknowledged}"
             f" sends acknowledged, {self.tally.missing} missing, {self.tally.duplicated}"
             f" duplicated, {len(self.failed)} failed after the client's retries"
             f" ({self.retried} needed a retry); the group took writes again after"
