@@ -525,12 +525,18 @@ def test_a_lost_etcd_member_changes_nothing(lab: Lab, client: httpx.Client) -> N
         docker_exec(member, "systemctl", "start", "etcd")
         traffic.stop()
     tally = reconcile(client, traffic)
-    health = docker_exec(
-        member, "sh", "-c",
-        f"ETCDCTL_API=3 etcdctl --endpoints={endpoint} {ETCDCTL_TLS}"
-        " endpoint health --cluster 2>&1",
-        check=False, timeout=60,
-    )  # fmt: skip
+    # The member rejoins within seconds of its start; on a loaded machine, a few more.
+    deadline = time.monotonic() + 60
+    while True:
+        health = docker_exec(
+            member, "sh", "-c",
+            f"ETCDCTL_API=3 etcdctl --endpoints={endpoint} {ETCDCTL_TLS}"
+            " endpoint health --cluster 2>&1",
+            check=False, timeout=60,
+        )  # fmt: skip
+        if health.count("is healthy") == 3 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     print(
         f"\n[lab] etcd on {member} stopped for {PATRONI_TTL_S + 5} s: {traffic.requests}"
         f" requests ({traffic.requests - stopped_at} after the stop), {len(traffic.failures)}"
