@@ -594,8 +594,11 @@ def test_a_primary_cut_off_from_etcd_and_its_standby_is_no_split_brain(
         traffic.wait_requests(60)
     finally:
         heal(victim)
+        healed_at = time.monotonic()
         traffic.stop()
+    # Its demotion waits for its WAL sender to time out on the cut-off standby first.
     wait_until_every_group_is_healthy(lab, timeout=180)
+    rejoined_s = time.monotonic() - healed_at
     traffic.acked[len(pairs) - 1].extend(probes)
     tally = reconcile(client, traffic)
     print(
@@ -604,7 +607,8 @@ def test_a_primary_cut_off_from_etcd_and_its_standby_is_no_split_brain(
         f" {promoted_s:.1f} s, writes served again after {served_again_s:.1f} s;"
         f" {traffic.requests} requests, {len(traffic.failures)} failed after the retries"
         f" ({traffic.retried} retried); {tally.acknowledged} acknowledged, {tally.missing}"
-        f" missing, {tally.duplicated} duplicated"
+        f" missing, {tally.duplicated} duplicated; {victim} streamed as the sync standby"
+        f" {rejoined_s:.0f} s after the network healed"
     )
     assert read_only_s < promoted_s < float("inf"), "the old primary wrote while cut off"
     assert served_again_s < float("inf")
@@ -616,7 +620,7 @@ def test_a_primary_cut_off_from_etcd_and_its_standby_is_no_split_brain(
 def test_a_planned_switchover_under_load_fails_nothing(lab: Lab, client: httpx.Client) -> None:
     """Drill 3: playbooks/switchover.yml moves worker group 1's primary to its sync standby
     while clients send and list without retries: no request fails, nothing is lost; a second
-    run naming the new leader changes nothing."""
+    run naming the new leader changes nothing; a candidate from another group is refused."""
     wait_until_every_group_is_healthy(lab)
     old_leader = _leader(lab, 1)
     traffic = Traffic(lab.url, make_pairs(client, 8), verify=str(lab.ca_file)).start()
@@ -646,6 +650,15 @@ def test_a_planned_switchover_under_load_fails_nothing(lab: Lab, client: httpx.C
         "switchover.yml", "-e", "switchover_group=1", "-e", f"switchover_candidate={new_leader}"
     )
     assert {host: c["changed"] for host, c in again.items() if c["changed"]} == {}
+    # A member of another group is no candidate: refused with the reason, nothing changed.
+    refused = lab.bin_lab(
+        "playbook", "switchover.yml", "-e", "switchover_group=1",
+        "-e", "switchover_candidate=lab-pg0-1", check=False,
+    )  # fmt: skip
+    assert "switchover_candidate 'lab-pg0-1' is no streaming sync standby of group 1" in " ".join(
+        refused.split()
+    ), refused[-2000:]
+    assert _leader(lab, 1) == new_leader
 
 
 def _leader(lab: Lab, group: int) -> str:
