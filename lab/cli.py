@@ -34,6 +34,8 @@ The lab: the whole system on local containers, deployed by the production playbo
                       the edge's view of each gateway instance
   bin/lab scale N     add N workers (ha topology: N worker groups of 2 hosts) and run
                       playbooks/scale_out.yml (rebalances the shards)
+  bin/lab scale -N    remove the last N workers (worker groups), one by one, each drained
+                      by playbooks/remove_worker.yml first; then their containers
   bin/lab down        remove the containers, networks and the lab's state (images are kept;
                       `bin/lab down --images` removes them too)
   bin/lab playbook P [ANSIBLE ARGS]   run playbooks/P against the lab, e.g.
@@ -688,15 +690,28 @@ class Lab:
         print(f"\n== readiness through the edge ({self.url}/readyz)")
         print(self.readiness(timeout=5)[1])
 
-    def scale(self, add: str) -> None:
-        if not re.fullmatch(r"[1-9][0-9]*", add):
-            die("usage: bin/lab scale N (N >= 1 workers to add)")
+    def scale(self, count: str) -> None:
+        if not re.fullmatch(r"-?[1-9][0-9]*", count):
+            die("usage: bin/lab scale N | -N (N >= 1 workers to add or to remove)")
         if not (self.state / "inventory.yml").exists():
             die("the lab is not up: run bin/lab up first")
         self.ensure_tools()
         self.choose_citus_source()
         before = self.worker_count()
-        after = before + int(add)
+        started = time.monotonic()
+        if count.startswith("-"):
+            self._scale_in(before, before + int(count))
+        else:
+            self._scale_out(before, before + int(count))
+        after = self.worker_count()
+        say(f"scaled from {before} to {after} workers in {time.monotonic() - started:.0f} s")
+        self.psql(
+            self.coordinator_primary(),
+            "SELECT nodename, count(*) AS shards FROM citus_shards"
+            " GROUP BY nodename ORDER BY nodename",
+        )
+
+    def _scale_out(self, before: int, after: int) -> None:
         limit = t.ha_max_workers(self.s.subnet) if self.ha else t.MAX_WORKERS
         if after > limit:
             die(f"at most {limit} workers in the lab's {self.topology} topology")
@@ -712,14 +727,30 @@ class Lab:
         (self.state / "workers").write_text(f"{after}\n")
         self.ensure_tls()
         self.write_inventory()
-        started = time.monotonic()
         self.run_playbook("playbooks/scale_out.yml")
-        say(f"scaled from {before} to {after} workers in {time.monotonic() - started:.0f} s")
-        self.psql(
-            self.coordinator_primary(),
-            "SELECT nodename, count(*) AS shards FROM citus_shards"
-            " GROUP BY nodename ORDER BY nodename",
-        )
+
+    def _scale_in(self, before: int, after: int) -> None:
+        if after < 1:
+            die(f"the lab has {before} workers: at least one must remain")
+        for group in range(before, after, -1):
+            hosts = [name for name, (g, _) in self.database_hosts(group).items() if g == group]
+            which = (
+                f"remove_worker_group={group}"
+                if self.ha
+                else f"citus_cluster_remove_node={hosts[0]}"
+            )
+            self.run_playbook("playbooks/remove_worker.yml", "-e", which)
+            # What the playbook asks next: the hosts out of the inventory, then cluster.yml,
+            # so that pg_hba (and .pgpass) forget them. For the HA cluster its configure
+            # phase is enough: only the members' Patroni configuration names other hosts.
+            (self.state / "workers").write_text(f"{group - 1}\n")
+            self.write_inventory()
+            say(f"removing the containers of worker group {group}: {', '.join(hosts)}")
+            docker("rm", "-f", *hosts)
+            if self.ha:
+                self.run_playbook("playbooks/ha_cluster.yml", "--tags", "configure")
+            else:
+                self.run_playbook("playbooks/cluster.yml")
 
     def playbook(self, args: list[str]) -> None:
         if not args or not args[0]:

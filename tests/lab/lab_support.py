@@ -4,6 +4,7 @@ message and every failed request."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -11,7 +12,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -442,3 +443,18 @@ def probe_ports(network: str, targets: list[tuple[str, int]], image: str) -> dic
         timeout=120,
     ).stdout  # fmt: skip
     return dict(line.split(" ", 1) for line in output.splitlines() if line.strip())
+
+
+@contextlib.contextmanager
+def under_load(
+    lab: Lab, client: httpx.Client, pairs: int = 8, settle: int = 100
+) -> Iterator[Traffic]:
+    """Clients sending and listing through the edge without retries around the body, with
+    ``settle`` requests completed before it starts and after it ends."""
+    traffic = Traffic(lab.url, make_pairs(client, pairs), verify=str(lab.ca_file)).start()
+    try:
+        traffic.wait_requests(settle)
+        yield traffic
+        traffic.wait_requests(settle)
+    finally:
+        traffic.stop()

@@ -44,7 +44,7 @@ def test_up_stops_when_citus_can_be_neither_copied_nor_installed(tmp_path: Path)
     assert _lab_objects() == before
 
 
-@pytest.mark.parametrize("argument", ["0", "-1", "two"])
+@pytest.mark.parametrize("argument", ["0", "-0", "two"])
 def test_scale_rejects_a_bad_count(argument: str, tmp_path: Path) -> None:
     result = run(
         [str(BIN_LAB), "scale", argument],
@@ -54,3 +54,11 @@ def test_scale_rejects_a_bad_count(argument: str, tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "usage: bin/lab scale N" in result.stderr
+
+
+def test_scale_in_needs_a_lab(tmp_path: Path) -> None:
+    result = run(
+        [str(BIN_LAB), "scale", "-1"], timeout=60, env={"LAB_STATE_DIR": str(tmp_path)}, check=False
+    )
+    assert result.returncode != 0
+    assert "the lab is not up: run bin/lab up first" in result.stderr

@@ -71,10 +71,12 @@ from tests.lab.lab_support import (
     docker_exec,
     make_pairs,
     probe_ports,
+    recap,
     reconcile,
     register,
     run,
     send,
+    under_load,
 )
 from tests.support.postgres import free_port
 
@@ -623,15 +625,10 @@ def test_a_planned_switchover_under_load_fails_nothing(lab: Lab, client: httpx.C
     run naming the new leader changes nothing; a candidate from another group is refused."""
     wait_until_every_group_is_healthy(lab)
     old_leader = _leader(lab, 1)
-    traffic = Traffic(lab.url, make_pairs(client, 8), verify=str(lab.ca_file)).start()
-    try:
-        traffic.wait_requests(60)
+    with under_load(lab, client) as traffic:
         started = time.monotonic()
         first = lab.playbook("switchover.yml", "-e", "switchover_group=1")
         took = time.monotonic() - started
-        traffic.wait_requests(60)
-    finally:
-        traffic.stop()
     new_leader = _leader(lab, 1)
     tally = reconcile(client, traffic)
     slowest = max(traffic.latencies)
@@ -969,15 +966,10 @@ def test_scale_out_by_one_worker_group_under_load(lab: Lab, client: httpx.Client
     standby; Patroni registers it) and rebalances while clients send and list, without
     retries: nothing lost, no request failed, the shards spread over 3 worker groups."""
     before = lab.shards_per_group()
-    traffic = Traffic(lab.url, make_pairs(client, 8), verify=str(lab.ca_file)).start()
-    try:
-        traffic.wait_requests(100)
+    with under_load(lab, client) as traffic:
         started = time.monotonic()
         output = lab.bin_lab("scale", "1", timeout=1800)
         took = time.monotonic() - started
-        traffic.wait_requests(100)
-    finally:
-        traffic.stop()
     after = lab.shards_per_group()
     tally = reconcile(client, traffic)
     print(
@@ -995,6 +987,40 @@ def test_scale_out_by_one_worker_group_under_load(lab: Lab, client: httpx.Client
     assert sum(after.values()) == sum(before.values())
     assert max(after.values()) - min(after.values()) <= 2  # spread evenly
     assert lab.worker_groups() == [1, 2, 3]
+
+
+def test_removing_a_worker_group_under_load(lab: Lab, client: httpx.Client) -> None:
+    """Drill 5, its second half: remove_worker.yml drains worker group 3, stops Patroni on
+    its members and removes the group from pg_dist_node and etcd while clients send and
+    list, without retries: nothing lost, no request failed. Then `bin/lab scale -1` runs it
+    again (nothing changes), takes the hosts away and runs ha_cluster.yml's configure
+    phase (pg_hba forgets them): the shards are back on 2 worker groups."""
+    before = lab.shards_per_group()
+    with under_load(lab, client) as traffic:
+        started = time.monotonic()
+        first = lab.playbook("remove_worker.yml", "-e", "remove_worker_group=3")
+        took = time.monotonic() - started
+    tally = reconcile(client, traffic)
+    output = lab.bin_lab("scale", "-1", timeout=1800)
+    after = lab.shards_per_group()
+    print(
+        f"\n[lab] remove_worker.yml -e remove_worker_group=3: {took:.0f} s; shards per group"
+        f" {before} -> {after}; {traffic.requests} requests, {len(traffic.failures)} failed;"
+        f" {tally.acknowledged} acknowledged, {tally.missing} missing,"
+        f" {tally.duplicated} duplicated"
+    )
+    assert sum(counts["changed"] for counts in first.values()) > 0
+    assert not traffic.failures, traffic.failures[:5]
+    assert tally.acknowledged > 0
+    assert (tally.missing, tally.duplicated, tally.unexpected) == (0, 0, 0)
+    # The second run's recap is the first in the output (cluster.yml's comes after it).
+    again = recap("PLAY RECAP" + output.split("PLAY RECAP")[1].split("\n\n")[0])
+    assert again and all(counts["changed"] == 0 for counts in again.values()), again
+    assert "scaled from 3 to 2 workers" in output
+    assert lab.worker_groups() == [1, 2]
+    assert sorted(wait_until_every_group_is_healthy(lab)) == [0, 1, 2]  # etcd forgot group 3
+    assert set(after) == {1, 2}
+    assert sum(after.values()) == sum(before.values())
 
 
 def test_second_site_run_changes_nothing_and_check_mode_works(lab: Lab) -> None:
@@ -1017,15 +1043,10 @@ def test_redeploy_with_a_changed_setting_under_load(lab: Lab, client: httpx.Clie
     """Drill 5: a rolling restart of the dialogs instances drops no request."""
     starts = {port: lab.unit_start(f"dialogs@{port}") for port in DIALOGS_PORTS}
     gateway_starts = [lab.unit_start(unit) for unit in GATEWAY_UNITS]
-    traffic = Traffic(lab.url, make_pairs(client, 6), verify=str(lab.ca_file)).start()
-    try:
-        traffic.wait_requests(100)
+    with under_load(lab, client, pairs=6) as traffic:
         started = time.monotonic()
         result = lab.playbook("services.yml", "-e", "dialogs_pool_max_size=8")
         took = time.monotonic() - started
-        traffic.wait_requests(200)
-    finally:
-        traffic.stop()
     print(
         f"\n[lab] redeploy under load: services.yml {took:.0f} s, "
         f"{traffic.requests} requests, {len(traffic.failures)} failed"
@@ -1046,15 +1067,10 @@ def test_a_rolling_restart_of_the_gateways_drains_through_the_edge(
     """Edge drill 2b: a changed gateway setting restarts both gateway instances one at a
     time under load; through the edge, no request fails (no client retry)."""
     starts = [lab.unit_start(unit) for unit in GATEWAY_UNITS]
-    traffic = Traffic(lab.url, make_pairs(client, 6), verify=str(lab.ca_file)).start()
-    try:
-        traffic.wait_requests(100)
+    with under_load(lab, client, pairs=6) as traffic:
         started = time.monotonic()
         lab.playbook("services.yml", "--tags", "gateway", "-e", "gateway_upstream_timeout_s=8")
         took = time.monotonic() - started
-        traffic.wait_requests(100)
-    finally:
-        traffic.stop()
     print(
         f"\n[lab] gateways' rolling restart through the edge: services.yml {took:.0f} s, "
         f"{traffic.requests} requests, {len(traffic.failures)} failed"
