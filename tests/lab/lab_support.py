@@ -447,11 +447,13 @@ def probe_ports(network: str, targets: list[tuple[str, int]], image: str) -> dic
 
 @contextlib.contextmanager
 def under_load(
-    lab: Lab, client: httpx.Client, pairs: int = 8, settle: int = 100
+    lab: Lab, client: httpx.Client, pairs: int = 8, settle: int = 100, retries: int = 0
 ) -> Iterator[Traffic]:
-    """Clients sending and listing through the edge without retries around the body, with
-    ``settle`` requests completed before it starts and after it ends."""
-    traffic = Traffic(lab.url, make_pairs(client, pairs), verify=str(lab.ca_file)).start()
+    """Clients sending and listing through the edge around the body (without retries unless
+    told), with ``settle`` requests completed before it starts and after it ends."""
+    traffic = Traffic(
+        lab.url, make_pairs(client, pairs), verify=str(lab.ca_file), retries=retries
+    ).start()
     try:
         traffic.wait_requests(settle)
         yield traffic
