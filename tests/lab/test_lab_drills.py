@@ -554,6 +554,54 @@ def test_a_lost_etcd_member_changes_nothing(lab: Lab, client: httpx.Client) -> N
     assert health.count("is healthy") == 3, health
 
 
+def test_a_hung_sync_standby_holds_its_groups_writes_only_briefly(
+    lab: Lab, client: httpx.Client
+) -> None:
+    """Worker group 2's sync standby hangs (docker pause: its processes frozen, its
+    connections left open) for longer than Patroni's ttl while a careful client sends and
+    lists, a dialog of that group among them: the primary's commits wait for it only until
+    its walsender gives up (wal_sender_timeout 5 s, then Patroni drops it from
+    synchronous_standby_names), not for the ttl: no request failed after the retries,
+    nothing lost; resumed, it streams as the sync standby again."""
+    standby = next(
+        m["Member"]
+        for m in wait_until_every_group_is_healthy(lab)[2]
+        if m["Role"] == "Sync Standby"
+    )
+    probe_a, probe_b, located = pair_on_group(lab, client, 2)
+    pairs = [*make_pairs(client, 5), (probe_a, probe_b)]
+    traffic = Traffic(lab.url, pairs, verify=str(lab.ca_file), retries=6, max_seconds=300)
+    traffic.start()
+    try:
+        traffic.wait_requests(60)
+        run(["docker", "pause", standby], timeout=30)
+        paused_at = traffic.requests
+        time.sleep(PATRONI_TTL_S + 5)
+        during = traffic.requests - paused_at
+    finally:
+        run(["docker", "unpause", standby], timeout=30, check=False)
+    try:
+        traffic.wait_requests(60)
+    finally:
+        traffic.stop()
+    traffic.acked[len(pairs) - 1].append(located)  # the send that found the dialog's group
+    tally = reconcile(client, traffic)
+    started = time.monotonic()
+    wait_until_every_group_is_healthy(lab)
+    slowest = max(traffic.latencies)
+    print(
+        f"\n[lab] {standby} (worker group 2's sync standby) hung for {PATRONI_TTL_S + 5} s:"
+        f" {traffic.requests} requests ({during} while hung), {traffic.retried} retried,"
+        f" {len(traffic.failures)} failed after the retries, the slowest {slowest:.2f} s;"
+        f" {tally.acknowledged} acknowledged, {tally.missing} missing, {tally.duplicated}"
+        f" duplicated; healthy again {time.monotonic() - started:.0f} s after it resumed"
+    )
+    assert not traffic.failures, traffic.failures[:5]
+    assert tally.acknowledged > 0
+    assert (tally.missing, tally.duplicated, tally.unexpected) == (0, 0, 0)
+    assert slowest < PATRONI_TTL_S / 2, slowest  # not held until the standby's key expired
+
+
 def test_a_primary_cut_off_from_etcd_and_its_standby_is_no_split_brain(
     lab: Lab, client: httpx.Client
 ) -> None:

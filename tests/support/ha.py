@@ -47,6 +47,7 @@ PG_PARAMETERS: dict[str, Any] = {
     "max_wal_senders": 10,
     "max_replication_slots": 10,
     "wal_keep_size": "128MB",
+    "wal_sender_timeout": "5s",  # as roles/patroni: a hung sync standby holds commits 5 s
     "synchronous_commit": "on",  # with synchronous_mode: a commit is on two servers
     "shared_buffers": "32MB",
     "password_encryption": "scram-sha-256",
