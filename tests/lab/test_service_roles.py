@@ -1,12 +1,16 @@
 """The service roles (dialogs, gateway) and the edge: their molecule scenarios on a systemd
-container (create, converge, idempotence, side effect, verify, destroy) and ansible-lint's
-production profile on them and on the playbooks and lab inventory that use them."""
+container (create, converge, idempotence, side effect, verify, destroy; the three run
+concurrently) and ansible-lint's production profile on them and on the playbooks and lab
+inventory that use them."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import subprocess
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +23,11 @@ from tests.lab.lab_support import REPO_ROOT, run
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
 
 
-@pytest.mark.parametrize("role", ["dialogs", "gateway", "edge"])
-def test_molecule_scenario(role: str, wheelhouse: Path, citus_image: str) -> None:
-    result = run(
+MOLECULE_ROLES = ["dialogs", "gateway", "edge"]
+
+
+def _molecule_test(role: str, wheelhouse: Path) -> subprocess.CompletedProcess[str]:
+    return run(
         [str(VENV_BIN / "molecule"), "test"],
         timeout=1800,
         env={
@@ -34,6 +40,33 @@ def test_molecule_scenario(role: str, wheelhouse: Path, citus_image: str) -> Non
         cwd=REPO_ROOT / "roles" / role,
         check=False,
     )
+
+
+@pytest.fixture(scope="module")
+def molecule_runs(
+    request: pytest.FixtureRequest, wheelhouse: Path, citus_image: str
+) -> Iterator[dict[str, Future[subprocess.CompletedProcess[str]]]]:
+    """Starts, concurrently, the scenarios of the selected tests (each role has containers
+    and a molecule directory of its own; they mostly wait on them); each test waits for its
+    own."""
+    wanted = sorted(
+        {
+            item.callspec.params["role"]
+            for item in request.session.items
+            if getattr(item, "originalname", "") == "test_molecule_scenario"
+            and item.path == Path(__file__)
+            and hasattr(item, "callspec")
+        }
+    )
+    with ThreadPoolExecutor(max_workers=len(wanted) or 1) as pool:
+        yield {role: pool.submit(_molecule_test, role, wheelhouse) for role in wanted}
+
+
+@pytest.mark.parametrize("role", MOLECULE_ROLES)
+def test_molecule_scenario(
+    molecule_runs: dict[str, Future[subprocess.CompletedProcess[str]]], role: str
+) -> None:
+    result = molecule_runs[role].result()
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-8000:]
     # molecule's summary: every step of the sequence ran, none was skipped.
